@@ -1,0 +1,42 @@
+"""Reference policies with the same face as every other: the expert, random and zero controls."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trc_gym.envs import make_problem
+from trc_gym.planning_policy import PlanningPolicy
+
+
+class ExpertPolicy(PlanningPolicy):
+    """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves, ``predict`` executes."""
+
+    def __init__(self, env_id: str, receding_horizon: bool = False, **env_kwargs):
+        super().__init__(make_problem(env_id, **env_kwargs), receding_horizon)
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return self.problem.expert_plan(x0, target)
+
+
+class RandomPolicy(PlanningPolicy):
+    """Controls drawn uniformly within the bound (seeded)."""
+
+    def __init__(self, env_id: str, seed: int = 0, **env_kwargs):
+        super().__init__(make_problem(env_id, **env_kwargs))
+        self.rng = np.random.default_rng(seed)
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        p = self.problem
+        return self.rng.uniform(p.u_low, p.u_high, size=(len(x0), p.horizon, p.n_control))
+
+
+class ZeroPolicy(PlanningPolicy):
+    """No control at all: the plan is all zeros (clipped into the bound if zero is outside)."""
+
+    def __init__(self, env_id: str, **env_kwargs):
+        super().__init__(make_problem(env_id, **env_kwargs))
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        p = self.problem
+        zero = np.clip(np.zeros(p.n_control), p.u_low, p.u_high)
+        return np.broadcast_to(zero, (len(x0), p.horizon, p.n_control)).copy()

@@ -1,0 +1,142 @@
+"""Expert demonstration datasets: generate, save (atomically) and load (validated).
+
+A dataset is one ``.npz`` file holding, for ``S`` samples of an env with ``n`` states, ``m``
+controls and horizon ``N``:
+
+    initial_states  [S, n]       target_states  [S, n]
+    controls        [S, N, m]    states         [S, N+1, n]    costs  [S]
+
+and ``metadata``: a JSON string with the env id, seed, sample count, shapes and package version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from trc_gym.envs import make_problem
+
+ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
+
+
+@dataclass
+class Demonstrations:
+    initial_states: np.ndarray
+    target_states: np.ndarray
+    controls: np.ndarray
+    states: np.ndarray
+    costs: np.ndarray
+    metadata: dict
+
+    def __len__(self) -> int:
+        return len(self.initial_states)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Demonstrations, Demonstrations]:
+        """A seeded random split into ``(first, rest)`` with ``fraction`` of samples first."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = round(fraction * len(self))
+        return self.subset(order[:cut]), self.subset(order[cut:])
+
+    def subset(self, index: np.ndarray) -> Demonstrations:
+        return Demonstrations(*(getattr(self, k)[index] for k in ARRAYS),
+                              metadata={**self.metadata, "num_samples": len(index)})
+
+
+def _solve_chunk(args: tuple) -> np.ndarray:
+    env_id, env_kwargs, x0, target = args
+    return make_problem(env_id, **env_kwargs).expert_plan(x0, target)
+
+
+def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None = None,
+             chunk_size: int = 256, env_kwargs: dict | None = None,
+             progress: bool = True) -> Demonstrations:
+    """Sample starts and targets with ``seed`` and solve each with the env's expert.
+
+    Fast (batched) experts run in this process in chunks; slow ones (``problem.expert_is_slow``)
+    are spread over ``workers`` processes (default: every core).
+    """
+    from trc_gym import __version__
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    env_kwargs = dict(env_kwargs or {})
+    problem = make_problem(env_id, **env_kwargs)
+    rng = np.random.default_rng(seed)
+    x0 = problem.sample_initial_states(rng, num_samples)
+    target = problem.sample_targets(rng, num_samples)
+    chunks = [(env_id, env_kwargs, x0[i:i + chunk_size], target[i:i + chunk_size])
+              for i in range(0, num_samples, chunk_size)]
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=num_samples, desc=f"expert plans {env_id}", disable=not progress,
+               unit="plan")
+    plans = []
+    if getattr(problem, "expert_is_slow", False) and workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for chunk, plan in zip(chunks, pool.map(_solve_chunk, chunks)):
+                plans.append(plan)
+                bar.update(len(chunk[2]))
+    else:
+        for chunk in chunks:
+            plans.append(problem.expert_plan(chunk[2], chunk[3]))
+            bar.update(len(chunk[2]))
+    bar.close()
+    controls = np.concatenate(plans)
+    metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
+                "num_samples": num_samples, "n_state": problem.n_state,
+                "n_control": problem.n_control, "horizon": problem.horizon,
+                "version": __version__}
+    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
+                          problem.cost(x0, target, controls), metadata)
+
+
+def save(data: Demonstrations, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` (.npz) atomically: a temp file in the same folder, renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, metadata=np.array(json.dumps(data.metadata)),
+                     **{k: getattr(data, k) for k in ARRAYS})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path, env_id: str | None = None) -> Demonstrations:
+    """Read and validate a dataset; ``env_id``, if given, must match the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable .npz dataset: {exc}") from exc
+    missing = [k for k in (*ARRAYS, "metadata") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} is missing {missing}")
+    try:
+        metadata = json.loads(str(arrays["metadata"]))
+        S, n, m, N = (metadata[k] for k in ("num_samples", "n_state", "n_control", "horizon"))
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{path} has corrupt metadata: {exc}") from exc
+    if env_id is not None and metadata.get("env_id") != env_id:
+        raise ValueError(f"{path} holds {metadata.get('env_id')!r} data, expected {env_id!r}")
+    expected = {"initial_states": (S, n), "target_states": (S, n), "controls": (S, N, m),
+                "states": (S, N + 1, n), "costs": (S,)}
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
+        if not np.all(np.isfinite(arrays[key])):
+            raise ValueError(f"{path}: {key} contains NaN or inf")
+    return Demonstrations(*(arrays[k].astype(np.float64) for k in ARRAYS), metadata=metadata)

@@ -1,0 +1,29 @@
+"""The registered environments. `import trc_gym` registers every id listed in `ENV_ENTRY_POINTS`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+# One line per env: its id and the class implementing it (each in a self-contained file).
+ENV_ENTRY_POINTS: dict[str, str] = {
+    "TRC-DoubleIntegrator-v0": "trc_gym.envs.double_integrator:DoubleIntegratorEnv",
+}
+
+
+def register_envs() -> None:
+    for env_id, entry_point in ENV_ENTRY_POINTS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point)
+
+
+def env_class(env_id: str):
+    """The env class registered under ``env_id`` (ValueError naming the known ids if none)."""
+    if env_id not in ENV_ENTRY_POINTS:
+        raise ValueError(f"unknown env id {env_id!r}; registered: {sorted(ENV_ENTRY_POINTS)}")
+    module, name = ENV_ENTRY_POINTS[env_id].split(":")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def make_problem(env_id: str, **kwargs):
+    """The `ControlProblem` behind ``env_id`` (kwargs go to the problem, e.g. random_target)."""
+    return env_class(env_id).problem_class(**kwargs)

@@ -1,0 +1,128 @@
+"""`ControlEnv`: the Gymnasium face of a `ControlProblem`.
+
+Every registered env shares these conventions:
+
+- observation ``[x (n), x* (n), fraction of time left]`` as float32, ``2n + 1`` numbers;
+- action: a Box in physical units within the problem's bound; finite out-of-range actions are
+  clipped (as Gymnasium's Pendulum does); NaN/inf or a wrong shape raise ``ValueError``;
+- reward: minus the stage cost, with the terminal cost added on the last step, so the episode
+  return is exactly ``-J`` (the problem's `cost` of the same plan);
+- ``terminated`` at step N (the horizon is part of the task; time is in the observation);
+- ``info``: ``state`` and ``target`` every step, ``terminal_error`` and ``success`` on the last;
+- ``reset(seed=..., options={"state": x0, "target": x_star})``, both keys optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from trc_gym.problem import ControlProblem, check_array
+
+
+class ControlEnv(gym.Env):
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 10}
+    problem_class: ClassVar[type[ControlProblem]]
+
+    def __init__(self, render_mode: str | None = None, **problem_kwargs: Any):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, "
+                             f"got {render_mode!r}")
+        self.render_mode = render_mode
+        self.problem = self.problem_class(**problem_kwargs)
+        p = self.problem
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2 * p.n_state + 1,), np.float32)
+        self.action_space = gym.spaces.Box(p.u_low.astype(np.float32),
+                                           p.u_high.astype(np.float32), dtype=np.float32)
+        self.state = np.zeros(p.n_state)
+        self.target = np.zeros(p.n_state)
+        self.step_index = 0
+        self.trajectory: list[np.ndarray] = []
+        self.screen = None  # pygame window, human mode only
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"state", "target"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; use 'state', 'target'")
+        p = self.problem
+        if options.get("state") is not None:
+            self.state = check_array(options["state"], "options['state']", (p.n_state,)).copy()
+        else:
+            self.state = p.sample_initial_states(self.np_random, 1)[0]
+        if options.get("target") is not None:
+            self.target = check_array(options["target"], "options['target']", (p.n_state,)).copy()
+        else:
+            self.target = p.sample_targets(self.np_random, 1)[0]
+        self.step_index = 0
+        self.trajectory = [self.state]
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), self._info()
+
+    def step(self, action):
+        p = self.problem
+        if self.step_index >= p.horizon:
+            raise RuntimeError("the episode has ended (step N reached): call reset()")
+        u = check_array(action, "action", (p.n_control,))
+        u = np.clip(u, p.u_low, p.u_high)
+        reward = -float(p.stage_cost(self.state[None], self.target[None], u[None])[0])
+        self.state = p.step(self.state[None], u[None])[0]
+        self.step_index += 1
+        self.trajectory.append(self.state)
+        terminated = self.step_index == p.horizon
+        info = self._info()
+        if terminated:
+            reward -= float(p.terminal_cost(self.state[None], self.target[None])[0])
+            states = np.stack(self.trajectory)[None]
+            info["terminal_error"] = float(p.terminal_error(self.state[None], self.target[None])[0])
+            info["success"] = bool(p.success(states, self.target[None])[0])
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), reward, terminated, False, info
+
+    def _observation(self) -> np.ndarray:
+        time_left = (self.problem.horizon - self.step_index) / self.problem.horizon
+        return np.concatenate([self.state, self.target, [time_left]]).astype(np.float32)
+
+    def _info(self) -> dict[str, Any]:
+        return {"state": self.state.copy(), "target": self.target.copy()}
+
+    # ------------------------------------------------------------------ rendering
+    def draw(self, canvas) -> None:
+        """Draw the current state and target on a `rendering.Canvas` (per env)."""
+        raise NotImplementedError
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'")
+            return None
+        from trc_gym.envs.rendering import Canvas
+
+        canvas = Canvas(*self.view)
+        self.draw(canvas)
+        canvas.time_bar((self.problem.horizon - self.step_index) / self.problem.horizon)
+        if self.render_mode == "rgb_array":
+            return canvas.array()
+        self.screen = canvas.show(self.screen, self.metadata["render_fps"])
+        return None
+
+    view: ClassVar[tuple[float, float, float, float]] = (-4.0, 4.0, -4.0, 4.0)  # world box drawn
+
+    def close(self):
+        if self.screen is not None:
+            import pygame
+
+            pygame.display.quit()
+            pygame.quit()
+            self.screen = None
+
+
+def observation_parts(obs: np.ndarray, n_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split observations ``[B, 2n+1]`` into ``x [B, n]``, ``x* [B, n]``, time left ``[B]``."""
+    obs = np.asarray(obs, dtype=np.float64)
+    return obs[..., :n_state], obs[..., n_state:2 * n_state], obs[..., 2 * n_state]

@@ -1,0 +1,153 @@
+"""The one evaluation harness: every policy is judged here, on the same held-out starts, by the
+same numbers (the metrics of PROBLEMS.md).
+
+Anything with ``plan(x0, target) -> U`` is evaluated batched through the problem's rollout (the
+same states and cost as stepping the env, which a test pins); anything else with SB3's
+``predict`` is stepped through ``gym.make(env_id)`` episode by episode.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from trc_gym.envs import make_problem
+from trc_gym.problem import ControlProblem
+
+HELD_OUT_SEED = 12345  # evaluation starts; datasets default to seed 0, so the sets are disjoint
+_expert_cache: dict[tuple, np.ndarray] = {}
+
+
+def held_out_starts(env_id: str, n: int, seed: int = HELD_OUT_SEED,
+                    env_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(x0 [n, n_state], target [n, n_state])`` drawn from the env's start distribution."""
+    problem = make_problem(env_id, **(env_kwargs or {}))
+    rng = np.random.default_rng(seed)
+    return problem.sample_initial_states(rng, n), problem.sample_targets(rng, n)
+
+
+def expert_costs(env_id: str, n: int, seed: int = HELD_OUT_SEED,
+                 env_kwargs: dict | None = None) -> np.ndarray:
+    """The expert's cost on the held-out starts ``[n]`` (computed once per process)."""
+    key = (env_id, n, seed, tuple(sorted((env_kwargs or {}).items())))
+    if key not in _expert_cache:
+        problem = make_problem(env_id, **(env_kwargs or {}))
+        x0, target = held_out_starts(env_id, n, seed, env_kwargs)
+        _expert_cache[key] = problem.cost(x0, target, problem.expert_plan(x0, target))
+    return _expert_cache[key]
+
+
+def trajectory_metrics(problem: ControlProblem, target: np.ndarray, controls: np.ndarray,
+                       states: np.ndarray, costs: np.ndarray) -> dict[str, float]:
+    """Metrics of episodes given their controls as issued ``[B, N, m]``, states
+    ``[B, N+1, n]`` and total costs ``[B]``."""
+    final_error = problem.state_error_np(states[:, -1], target)
+    applied = np.clip(controls, problem.u_low, problem.u_high)
+    out_of_bound = np.any((controls < problem.u_low - 1e-6) | (controls > problem.u_high + 1e-6),
+                          axis=(1, 2))
+    metrics = {
+        "mean_cost": float(costs.mean()),
+        "terminal_error": float(np.linalg.norm(final_error, axis=1).mean()),
+    }
+    for group, indices in problem.error_groups.items():
+        metrics[f"terminal_error_{group}"] = float(
+            np.linalg.norm(final_error[:, list(indices)], axis=1).mean())
+    metrics["effort"] = float(np.einsum("bki,ij,bkj->b", applied, problem.R, applied).mean())
+    metrics["success_rate"] = float(problem.success(states, target).mean())
+    metrics["violations"] = float((out_of_bound | problem.constraint_violations(states)).mean())
+    return metrics
+
+
+def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_OUT_SEED, *,
+             env_kwargs: dict | None = None, use_plan: bool | None = None,
+             latency_samples: int = 20) -> dict[str, float]:
+    """Evaluate ``policy`` on ``n_episodes`` held-out starts of ``env_id``.
+
+    Returns the mean cost, the expert's mean cost on the same starts and the ``gap``
+    (``J_policy / J_expert - 1``, ratio of the means), terminal error (total and per state
+    group), control effort ``sum u'Ru``, success rate, the fraction of episodes with a
+    constraint violation (controls issued outside the bound count), and ``ms_per_plan``: the
+    wall time to plan one episode at batch 1 (for a stepped policy: its N ``predict`` calls).
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be positive, got {n_episodes}")
+    problem = make_problem(env_id, **(env_kwargs or {}))
+    x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
+    if use_plan is None:
+        use_plan = hasattr(policy, "plan")
+    if use_plan:
+        controls = np.asarray(policy.plan(x0, target), dtype=np.float64)
+        states = problem.rollout(x0, controls)
+        costs = problem.cost(x0, target, controls)
+        k = min(latency_samples, n_episodes)
+        start = time.perf_counter()
+        for i in range(k):
+            policy.plan(x0[i:i + 1], target[i:i + 1])
+        ms_per_plan = 1000.0 * (time.perf_counter() - start) / k
+    else:
+        controls, states, costs, seconds = _step_episodes(policy, env_id, x0, target, env_kwargs)
+        ms_per_plan = 1000.0 * seconds / n_episodes
+    metrics = trajectory_metrics(problem, target, controls, states, costs)
+    expert = expert_costs(env_id, n_episodes, seed, env_kwargs)
+    metrics["expert_cost"] = float(expert.mean())
+    metrics["gap"] = metrics["mean_cost"] / metrics["expert_cost"] - 1.0
+    metrics["ms_per_plan"] = ms_per_plan
+    metrics["n_episodes"] = n_episodes
+    return metrics
+
+
+def _step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
+                   env_kwargs: dict | None):
+    """Run each episode through ``gym.make(env_id)`` with ``policy.predict``."""
+    env = gym.make(env_id, **(env_kwargs or {}))
+    all_controls, all_states, costs, seconds = [], [], [], 0.0
+    for i in range(len(x0)):
+        obs, info = env.reset(options={"state": x0[i], "target": target[i]})
+        controls, states, total, done, first = [], [info["state"]], 0.0, False, True
+        while not done:
+            start = time.perf_counter()
+            action, _ = policy.predict(obs, episode_start=np.array([first]), deterministic=True)
+            seconds += time.perf_counter() - start
+            action = np.asarray(action, dtype=np.float64).reshape(-1)
+            obs, reward, terminated, truncated, info = env.step(action)
+            controls.append(action)
+            states.append(info["state"])
+            total -= reward
+            done, first = terminated or truncated, False
+        all_controls.append(controls)
+        all_states.append(states)
+        costs.append(total)
+    env.close()
+    return np.array(all_controls), np.array(all_states), np.array(costs), seconds
+
+
+COLUMNS = {  # metric key -> (header, format)
+    "mean_cost": ("mean cost", "{:.3f}"),
+    "gap": ("gap to expert", "{:+.2%}"),
+    "success_rate": ("success", "{:.1%}"),
+    "terminal_error": ("terminal error", "{:.4f}"),
+    "effort": ("effort", "{:.3f}"),
+    "ms_per_plan": ("ms/plan", "{:.2f}"),
+}
+
+
+def format_table(results: dict[str, dict[str, Any]], columns: dict | None = None) -> str:
+    """A markdown table with one row per policy (``results[name] = metrics``)."""
+    columns = dict(columns or COLUMNS)
+    extra = sorted({k for m in results.values() for k in m if k.startswith("terminal_error_")})
+    if columns is COLUMNS or columns == COLUMNS:
+        for key in extra:
+            columns[key] = (key.removeprefix("terminal_error_") + " error", "{:.4f}")
+    lines = ["| policy | " + " | ".join(h for h, _ in columns.values()) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in results.items():
+        cells = []
+        for key, (_, fmt) in columns.items():
+            value = metrics.get(key)
+            cells.append("-" if value is None else fmt.format(value) if not isinstance(value, str)
+                         else value)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

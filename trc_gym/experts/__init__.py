@@ -1,0 +1,12 @@
+"""Experts: finite-horizon LQR, the exact box-constrained QP, and (for nonlinear problems) iLQR."""
+
+from trc_gym.experts.lqr import (
+    clipped_lqr_plans,
+    finite_horizon_lqr,
+    solve_box_qp,
+    solve_box_qp_plans,
+    stacked_prediction,
+)
+
+__all__ = ["clipped_lqr_plans", "finite_horizon_lqr", "solve_box_qp", "solve_box_qp_plans",
+           "stacked_prediction"]

@@ -1,0 +1,263 @@
+"""The control-problem abstraction: the single source of truth for dynamics and cost.
+
+A problem is a finite-horizon optimal-control task: reach a target state ``x*`` from ``x0`` in
+``N`` steps of length ``dt`` with bounded controls, minimising
+
+    J(x0, x*, U) = w * sum_{k<N} [e_k' Q e_k + u_k' R u_k] + e_N' Qf e_N,    e_k = x_k - x*
+
+Dynamics are written once, in torch (batched, differentiable); the numpy methods (`step`,
+`rollout`, `cost`) are a thin float64 face over the same code, used by the environments, the
+experts and the evaluation. Controls outside the bound are clipped inside `step`, exactly as
+the environment clips its actions, so a batched rollout and the env's return always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(eq=False)
+class ControlProblem:
+    """Base class of every problem. Subclasses set the fields and override `dynamics` (or
+    `discrete_step`), and optionally `state_error`, `sample_targets` and `success`.
+
+    Shapes: states ``[B, n]``, controls ``[B, m]``, plans ``U [B, N, m]``, trajectories
+    ``[B, N+1, n]``. Units are the problem's own (documented per env).
+    """
+
+    name: str
+    state_names: tuple[str, ...]
+    control_names: tuple[str, ...]
+    dt: float
+    horizon: int
+    Q: np.ndarray
+    R: np.ndarray
+    Qf: np.ndarray
+    u_low: np.ndarray
+    u_high: np.ndarray
+    state_low: np.ndarray  # box of initial states (sampled uniformly)
+    state_high: np.ndarray
+    tolerance: float  # success: ||x_N - x*||_2 < tolerance
+    cost_weight: float = 1.0  # w: 1 for discrete problems, dt for integral approximations
+    # Groups of state indices whose terminal error is also reported on its own.
+    error_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("Q", "R", "Qf", "u_low", "u_high", "state_low", "state_high"):
+            setattr(self, key, np.asarray(getattr(self, key), dtype=np.float64))
+        n, m = self.n_state, self.n_control
+        expected = {"Q": (n, n), "R": (m, m), "Qf": (n, n), "u_low": (m,), "u_high": (m,),
+                    "state_low": (n,), "state_high": (n,)}
+        for key, shape in expected.items():
+            if getattr(self, key).shape != shape:
+                raise ValueError(f"{self.name}: {key} has shape {getattr(self, key).shape}, "
+                                 f"expected {shape}")
+        if np.any(self.u_low >= self.u_high):
+            raise ValueError(f"{self.name}: empty control bound")
+        self._torch_constants: dict[tuple, dict[str, Tensor]] = {}
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_state(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def n_control(self) -> int:
+        return len(self.control_names)
+
+    # ------------------------------------------------------------ torch (the truth)
+    def constants(self, like: Tensor) -> dict[str, Tensor]:
+        """Q, R, Qf and bounds as tensors of ``like``'s dtype and device (cached)."""
+        key = (like.dtype, like.device)
+        if key not in self._torch_constants:
+            self._torch_constants[key] = {
+                k: torch.as_tensor(getattr(self, k), dtype=like.dtype, device=like.device)
+                for k in ("Q", "R", "Qf", "u_low", "u_high")
+            }
+        return self._torch_constants[key]
+
+    def dynamics(self, x: Tensor, u: Tensor) -> Tensor:
+        """Continuous-time ``dx/dt = f(x, u)``, ``[B, n], [B, m] -> [B, n]``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no dynamics")
+
+    def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
+        """One step of length ``dt`` with ``u`` held constant (RK4 unless overridden)."""
+        h = self.dt
+        k1 = self.dynamics(x, u)
+        k2 = self.dynamics(x + 0.5 * h * k1, u)
+        k3 = self.dynamics(x + 0.5 * h * k2, u)
+        k4 = self.dynamics(x + h * k3, u)
+        return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+    def clip_controls(self, u: Tensor) -> Tensor:
+        c = self.constants(u)
+        return torch.maximum(torch.minimum(u, c["u_high"]), c["u_low"])
+
+    def step_torch(self, x: Tensor, u: Tensor) -> Tensor:
+        """Next state from ``x [B, n]`` under ``u [B, m]``, clipped into the bound."""
+        return self.discrete_step(x, self.clip_controls(u))
+
+    def state_error(self, x: Tensor, target: Tensor) -> Tensor:
+        """``x - x*`` as the cost sees it (problems with angles wrap them here)."""
+        return x - target
+
+    def rollout_torch(self, x0: Tensor, U: Tensor) -> Tensor:
+        """States ``[B, N+1, n]`` from ``x0 [B, n]`` under ``U [B, N, m]`` (differentiable)."""
+        states = [x0]
+        for k in range(U.shape[1]):
+            states.append(self.step_torch(states[-1], U[:, k]))
+        return torch.stack(states, dim=1)
+
+    def cost_terms_torch(self, states: Tensor, target: Tensor, U: Tensor) -> dict[str, Tensor]:
+        """Per-step cost terms of a trajectory: ``state [B, N]`` (w e'Qe), ``control [B, N]``
+        (w u'Ru, with the clipped u the dynamics used) and ``terminal [B]`` (e_N' Qf e_N)."""
+        c = self.constants(states)
+        err = self.state_error(states, target[:, None, :])
+        u = self.clip_controls(U)
+        w = self.cost_weight
+        return {
+            "state": w * torch.einsum("bki,ij,bkj->bk", err[:, :-1], c["Q"], err[:, :-1]),
+            "control": w * torch.einsum("bki,ij,bkj->bk", u, c["R"], u),
+            "terminal": torch.einsum("bi,ij,bj->b", err[:, -1], c["Qf"], err[:, -1]),
+        }
+
+    def cost_torch(self, x0: Tensor, target: Tensor, U: Tensor) -> Tensor:
+        """Total cost ``J [B]`` of plans ``U [B, N, m]`` (differentiable)."""
+        terms = self.cost_terms_torch(self.rollout_torch(x0, U), target, U)
+        return terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+
+    def jacobians(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobians of `discrete_step` (no clipping) at ``x [B, n], u [B, m]``:
+        ``A [B, n, n] = d x+ / d x`` and ``B [B, n, m] = d x+ / d u``, by autodiff."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        u = torch.as_tensor(np.asarray(u, dtype=np.float64))
+
+        def one(xi: Tensor, ui: Tensor) -> Tensor:
+            return self.discrete_step(xi[None], ui[None])[0]
+
+        jac_x, jac_u = torch.func.vmap(torch.func.jacrev(one, argnums=(0, 1)))(x, u)
+        return jac_x.numpy(), jac_u.numpy()
+
+    # ------------------------------------------------------------ numpy face (float64)
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        x = self.check_states(x, "x")
+        u = check_array(u, "u", (x.shape[0], self.n_control))
+        with torch.no_grad():
+            return self.step_torch(torch.from_numpy(x), torch.from_numpy(u)).numpy()
+
+    def rollout(self, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """States ``[B, N+1, n]`` of plans ``U [B, N, m]`` from ``x0 [B, n]``."""
+        x0, U = self.check_plan(x0, U)
+        with torch.no_grad():
+            return self.rollout_torch(torch.from_numpy(x0), torch.from_numpy(U)).numpy()
+
+    def cost(self, x0: np.ndarray, target: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """Total cost ``J [B]`` (the env's episode return is exactly ``-J``)."""
+        x0, U = self.check_plan(x0, U)
+        target = self.check_states(target, "target", batch=x0.shape[0])
+        with torch.no_grad():
+            return self.cost_torch(*(torch.from_numpy(a) for a in (x0, target, U))).numpy()
+
+    def stage_cost(self, x: np.ndarray, target: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``w (e'Qe + u'Ru)`` for one step, ``[B]`` (u clipped as in `step`)."""
+        x = self.check_states(x, "x")
+        target = self.check_states(target, "target", batch=x.shape[0])
+        u = check_array(u, "u", (x.shape[0], self.n_control))
+        states = np.stack([x, x], axis=1)  # one step: only the first state enters the stage
+        with torch.no_grad():
+            terms = self.cost_terms_torch(torch.from_numpy(states), torch.from_numpy(target),
+                                          torch.from_numpy(u)[:, None])
+        return (terms["state"] + terms["control"])[:, 0].numpy()
+
+    def terminal_cost(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        x = self.check_states(x, "x")
+        target = self.check_states(target, "target", batch=x.shape[0])
+        with torch.no_grad():
+            err = self.state_error(torch.from_numpy(x), torch.from_numpy(target))
+            return torch.einsum("bi,ij,bj->b", err, self.constants(err)["Qf"], err).numpy()
+
+    def state_error_np(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """`state_error` on numpy arrays (same shapes in and out)."""
+        with torch.no_grad():
+            return self.state_error(torch.as_tensor(x), torch.as_tensor(target)).numpy()
+
+    def terminal_error(self, final_states: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``||x_N - x*||_2`` per episode ``[B]`` (angles wrapped as in the cost)."""
+        return np.linalg.norm(self.state_error_np(final_states, target), axis=-1)
+
+    def success(self, states: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Whether each trajectory ``[B, N+1, n]`` succeeds (terminal error < tolerance;
+        problems with extra conditions override this)."""
+        return self.terminal_error(states[:, -1], target) < self.tolerance
+
+    def constraint_violations(self, states: np.ndarray) -> np.ndarray:
+        """Whether each trajectory ``[B, N+1, n]`` breaks a state constraint (none by default)."""
+        return np.zeros(len(states), dtype=bool)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_initial_states(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return rng.uniform(self.state_low, self.state_high, size=(size, self.n_state))
+
+    def sample_targets(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Default target: the origin. Problems with other targets override this."""
+        return np.zeros((size, self.n_state))
+
+    # ------------------------------------------------------------------ expert
+    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The expert's plans ``U [B, N, m]`` (each problem names its solver)."""
+        raise NotImplementedError(f"{type(self).__name__} has no expert")
+
+    # ------------------------------------------------------------------ checks
+    def check_states(self, x: np.ndarray, name: str, batch: int | None = None) -> np.ndarray:
+        """``x`` as float64 ``[B, n]`` (a single ``[n]`` state is broadcast to ``batch``)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1 and x.shape == (self.n_state,):
+            x = np.broadcast_to(x, (batch or 1, self.n_state)).copy()
+        return check_array(x, name, (batch if batch is not None else -1, self.n_state))
+
+    def check_plan(self, x0: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x0 = self.check_states(x0, "x0")
+        U = check_array(U, "U", (x0.shape[0], self.horizon, self.n_control))
+        return x0, U
+
+
+def check_array(a: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` as a finite float64 array of ``shape`` (-1 matches any size), else ValueError."""
+    try:
+        a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {type(a).__name__}") from exc
+    if a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)):
+        want = "[" + ", ".join("B" if s == -1 else str(s) for s in shape) + "]"
+        raise ValueError(f"{name} has shape {list(a.shape)}, expected {want}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+class LinearProblem(ControlProblem):
+    """``x+ = A x + B u``; its expert is the exact optimum of the box-constrained QP."""
+
+    A: np.ndarray
+    B: np.ndarray
+
+    def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
+        key = (x.dtype, x.device, "AB")
+        if key not in self._torch_constants:
+            self._torch_constants[key] = {
+                "A": torch.as_tensor(self.A, dtype=x.dtype, device=x.device),
+                "B": torch.as_tensor(self.B, dtype=x.dtype, device=x.device),
+            }
+        c = self._torch_constants[key]
+        return x @ c["A"].T + u @ c["B"].T
+
+    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        from trc_gym.experts.lqr import solve_box_qp_plans
+
+        x0 = self.check_states(x0, "x0")
+        target = self.check_states(target, "target", batch=x0.shape[0])
+        return solve_box_qp_plans(self, x0, target)
