@@ -55,7 +55,9 @@ def trajectory_metrics(problem: ControlProblem, target: np.ndarray, controls: np
     for group, indices in problem.error_groups.items():
         metrics[f"terminal_error_{group}"] = float(
             np.linalg.norm(final_error[:, list(indices)], axis=1).mean())
-    metrics["effort"] = float(np.einsum("bki,ij,bkj->b", applied, problem.R, applied).mean())
+    alive = problem.alive_mask(states)  # steps after a failure (episode ended) are not taken
+    metrics["effort"] = float((np.einsum("bki,ij,bkj->bk", applied, problem.R, applied)
+                               * alive).sum(1).mean())
     metrics["success_rate"] = float(problem.success(states, target).mean())
     metrics["violations"] = float((out_of_bound | problem.constraint_violations(states)).mean())
     return metrics
@@ -101,7 +103,9 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_
 
 def _step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
                    env_kwargs: dict | None):
-    """Run each episode through ``gym.make(env_id)`` with ``policy.predict``."""
+    """Run each episode through ``gym.make(env_id)`` with ``policy.predict``. An episode that
+    ends early (a failure) is padded as the batched rollout pads it: its last state repeated,
+    with zero controls (clipped into the bound) that are never applied."""
     env = gym.make(env_id, **(env_kwargs or {}))
     all_controls, all_states, costs, seconds = [], [], [], 0.0
     for i in range(len(x0)):
@@ -117,6 +121,10 @@ def _step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
             states.append(info["state"])
             total -= reward
             done, first = terminated or truncated, False
+        problem = env.unwrapped.problem
+        pad = problem.horizon - len(controls)
+        controls += [np.clip(np.zeros(problem.n_control), problem.u_low, problem.u_high)] * pad
+        states += [states[-1]] * pad
         all_controls.append(controls)
         all_states.append(states)
         costs.append(total)

@@ -28,11 +28,13 @@ class PlanningPolicy:
 
     def predict(self, observation: np.ndarray, state=None, episode_start=None,
                 deterministic: bool = True) -> tuple[np.ndarray, None]:
-        """Actions ``[B, m]`` (or ``[m]`` for one observation) for observations ``[B, 2n+1]``."""
+        """Actions ``[B, m]`` (or ``[m]`` for one observation) for observations ``[B, 2n+1+k]``
+        (``k`` = the problem's `observation_extras`, read by no plan: they are constant)."""
         p = self.problem
         obs = np.asarray(observation, dtype=np.float64)
         single = obs.ndim == 1
-        obs = check_array(obs[None] if single else obs, "observation", (-1, 2 * p.n_state + 1))
+        size = 2 * p.n_state + 1 + len(np.asarray(p.observation_extras()).reshape(-1))
+        obs = check_array(obs[None] if single else obs, "observation", (-1, size))
         x, target, time_left = observation_parts(obs, p.n_state)
         step = np.clip(np.rint((1.0 - time_left) * p.horizon).astype(int), 0, p.horizon - 1)
         if self.receding_horizon:

@@ -45,6 +45,8 @@ class ControlProblem:
     cost_weight: float = 1.0  # w: 1 for discrete problems, dt for integral approximations
     # Groups of state indices whose terminal error is also reported on its own.
     error_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Added to J when an episode ends early in a failure state (see `failure_torch`).
+    failure_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("Q", "R", "Qf", "u_low", "u_high", "state_low", "state_high"):
@@ -105,12 +107,41 @@ class ControlProblem:
         """``x - x*`` as the cost sees it (problems with angles wrap them here)."""
         return x - target
 
-    def rollout_torch(self, x0: Tensor, U: Tensor) -> Tensor:
-        """States ``[B, N+1, n]`` from ``x0 [B, n]`` under ``U [B, N, m]`` (differentiable)."""
+    def failure_torch(self, x: Tensor, step: int) -> Tensor | None:
+        """Whether each state ``x [B, n]``, reached after ``step`` steps (1..N), ends the
+        episode as a failure (a collision, a crash): bool ``[B]``. The env then terminates with
+        the terminal cost of that state plus ``failure_penalty``, and the batched rollout
+        freezes the trajectory there. Default ``None``: no failure states (episodes always run
+        N steps)."""
+        return None
+
+    def rollout_torch(self, x0: Tensor, U: Tensor, terminate: bool = True) -> Tensor:
+        """States ``[B, N+1, n]`` from ``x0 [B, n]`` under ``U [B, N, m]`` (differentiable).
+
+        On problems with failure states a trajectory that fails stays at its failing state for
+        the rest of the horizon (the env ends the episode there), unless ``terminate=False``:
+        then the dynamics run on regardless (the smooth trajectory a solver differentiates)."""
         states = [x0]
+        dead = None  # [B] bool: failed at or before the latest state
         for k in range(U.shape[1]):
-            states.append(self.step_torch(states[-1], U[:, k]))
+            nxt = self.step_torch(states[-1], U[:, k])
+            if terminate:
+                if dead is not None:
+                    nxt = torch.where(dead[:, None], states[-1], nxt)
+                failed = self.failure_torch(nxt, k + 1)
+                if failed is not None:
+                    dead = failed if dead is None else dead | failed
+            states.append(nxt)
         return torch.stack(states, dim=1)
+
+    def failed_by_torch(self, states: Tensor) -> Tensor | None:
+        """``dead [B, N+1]``: whether each trajectory has failed at or before each state
+        (``dead[:, 0]`` is False: the start never counts); ``None`` without failure states."""
+        flags = [self.failure_torch(states[:, j], j) for j in range(1, states.shape[1])]
+        if not flags or flags[0] is None:
+            return None
+        dead = torch.cumsum(torch.stack(flags, dim=1).to(torch.int64), dim=1) > 0
+        return torch.cat([torch.zeros_like(dead[:, :1]), dead], dim=1)
 
     def cost_terms_torch(self, states: Tensor, target: Tensor, U: Tensor) -> dict[str, Tensor]:
         """Per-step cost terms of a trajectory: ``state [B, N]`` (w e'Qe), ``control [B, N]``
@@ -126,9 +157,17 @@ class ControlProblem:
         }
 
     def cost_torch(self, x0: Tensor, target: Tensor, U: Tensor) -> Tensor:
-        """Total cost ``J [B]`` of plans ``U [B, N, m]`` (differentiable)."""
-        terms = self.cost_terms_torch(self.rollout_torch(x0, U), target, U)
-        return terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+        """Total cost ``J [B]`` of plans ``U [B, N, m]`` (differentiable). On problems with
+        failure states, as in the env: the stages after a failure cost nothing, the terminal
+        cost is taken at the failing state and ``failure_penalty`` is added."""
+        states = self.rollout_torch(x0, U)
+        terms = self.cost_terms_torch(states, target, U)
+        dead = self.failed_by_torch(states)
+        if dead is None:
+            return terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+        alive = (~dead[:, :-1]).to(states.dtype)
+        return (((terms["state"] + terms["control"]) * alive).sum(1) + terms["terminal"]
+                + self.failure_penalty * dead[:, -1].to(states.dtype))
 
     def jacobians(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Jacobians of `discrete_step` (no clipping) at ``x [B, n], u [B, m]``:
@@ -197,6 +236,27 @@ class ControlProblem:
     def constraint_violations(self, states: np.ndarray) -> np.ndarray:
         """Whether each trajectory ``[B, N+1, n]`` breaks a state constraint (none by default)."""
         return np.zeros(len(states), dtype=bool)
+
+    def failed(self, x: np.ndarray, step: int) -> np.ndarray:
+        """`failure_torch` on numpy states ``[B, n]`` reached after ``step`` steps: ``[B]``."""
+        x = self.check_states(x, "x")
+        with torch.no_grad():
+            flags = self.failure_torch(torch.from_numpy(x), step)
+        return np.zeros(len(x), dtype=bool) if flags is None else flags.numpy().astype(bool)
+
+    def alive_mask(self, states: np.ndarray) -> np.ndarray:
+        """``[B, N]``: whether each step of trajectories ``[B, N+1, n]`` is still taken (no
+        failure before it); all True on problems without failure states."""
+        with torch.no_grad():
+            dead = self.failed_by_torch(torch.as_tensor(np.asarray(states, dtype=np.float64)))
+        if dead is None:
+            return np.ones(np.shape(states)[:1] + (np.shape(states)[1] - 1,), dtype=bool)
+        return ~dead[:, :-1].numpy()
+
+    def observation_extras(self) -> np.ndarray:
+        """Constant numbers ``[k]`` the env appends to every observation after
+        ``[x, x*, time left]`` (e.g. an obstacle layout). Default: none."""
+        return np.zeros(0)
 
     # ------------------------------------------------------------------ sampling
     def sample_initial_states(self, rng: np.random.Generator, size: int) -> np.ndarray:

@@ -2,13 +2,19 @@
 
 Every registered env shares these conventions:
 
-- observation ``[x (n), x* (n), fraction of time left]`` as float32, ``2n + 1`` numbers;
+- observation ``[x (n), x* (n), fraction of time left, extras (k)]`` as float32,
+  ``2n + 1 + k`` numbers, where the extras are the problem's constant `observation_extras`
+  (none, k = 0, on most problems; e.g. the obstacle layout);
 - action: a Box in physical units within the problem's bound; finite out-of-range actions are
   clipped (as Gymnasium's Pendulum does); NaN/inf or a wrong shape raise ``ValueError``;
 - reward: minus the stage cost, with the terminal cost added on the last step, so the episode
   return is exactly ``-J`` (the problem's `cost` of the same plan);
-- ``terminated`` at step N (the horizon is part of the task; time is in the observation);
-- ``info``: ``state`` and ``target`` every step, ``terminal_error`` and ``success`` on the last;
+- ``terminated`` at step N (the horizon is part of the task; time is in the observation), or
+  earlier when the problem's `failure_torch` flags the new state (a collision, a crash): then
+  the last reward also subtracts the terminal cost of that state and ``failure_penalty``, so
+  the return still equals ``-problem.cost`` of the plan (whose rollout freezes there);
+- ``info``: ``state`` and ``target`` every step; ``terminal_error``, ``success`` and
+  ``failed`` on the last;
 - ``reset(seed=..., options={"state": x0, "target": x_star})``, both keys optional.
 """
 
@@ -33,12 +39,16 @@ class ControlEnv(gym.Env):
         self.render_mode = render_mode
         self.problem = self.problem_class(**problem_kwargs)
         p = self.problem
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2 * p.n_state + 1,), np.float32)
+        self.extras = np.asarray(p.observation_extras(), dtype=np.float64).reshape(-1)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf,
+                                                (2 * p.n_state + 1 + len(self.extras),),
+                                                np.float32)
         self.action_space = gym.spaces.Box(p.u_low.astype(np.float32),
                                            p.u_high.astype(np.float32), dtype=np.float32)
         self.state = np.zeros(p.n_state)
         self.target = np.zeros(p.n_state)
         self.step_index = 0
+        self.done = False  # the episode ended (step N or a failure): step() needs a reset
         self.trajectory: list[np.ndarray] = []
         self.screen = None  # pygame window, human mode only
 
@@ -59,6 +69,7 @@ class ControlEnv(gym.Env):
         else:
             self.target = p.sample_targets(self.np_random, 1)[0]
         self.step_index = 0
+        self.done = False
         self.trajectory = [self.state]
         if self.render_mode == "human":
             self.render()
@@ -66,19 +77,24 @@ class ControlEnv(gym.Env):
 
     def step(self, action):
         p = self.problem
-        if self.step_index >= p.horizon:
-            raise RuntimeError("the episode has ended (step N reached): call reset()")
+        if self.done or self.step_index >= p.horizon:
+            raise RuntimeError("the episode has ended (step N reached or failed): call reset()")
         u = check_array(action, "action", (p.n_control,))
         u = np.clip(u, p.u_low, p.u_high)
         reward = -float(p.stage_cost(self.state[None], self.target[None], u[None])[0])
         self.state = p.step(self.state[None], u[None])[0]
         self.step_index += 1
         self.trajectory.append(self.state)
-        terminated = self.step_index == p.horizon
+        failed = bool(p.failed(self.state[None], self.step_index)[0])
+        terminated = self.done = self.step_index == p.horizon or failed
         info = self._info()
         if terminated:
             reward -= float(p.terminal_cost(self.state[None], self.target[None])[0])
-            states = np.stack(self.trajectory)[None]
+            reward -= p.failure_penalty if failed else 0.0
+            # The batched rollout freezes a failed trajectory: pad to N+1 states the same way.
+            padded = self.trajectory + [self.state] * (p.horizon - self.step_index)
+            states = np.stack(padded)[None]
+            info["failed"] = failed
             info["terminal_error"] = float(p.terminal_error(self.state[None], self.target[None])[0])
             info["success"] = bool(p.success(states, self.target[None])[0])
         if self.render_mode == "human":
@@ -87,7 +103,8 @@ class ControlEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         time_left = (self.problem.horizon - self.step_index) / self.problem.horizon
-        return np.concatenate([self.state, self.target, [time_left]]).astype(np.float32)
+        return np.concatenate([self.state, self.target, [time_left], self.extras]).astype(
+            np.float32)
 
     def _info(self) -> dict[str, Any]:
         return {"state": self.state.copy(), "target": self.target.copy()}
@@ -123,6 +140,7 @@ class ControlEnv(gym.Env):
 
 
 def observation_parts(obs: np.ndarray, n_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split observations ``[B, 2n+1]`` into ``x [B, n]``, ``x* [B, n]``, time left ``[B]``."""
+    """Split observations ``[B, 2n+1+k]`` into ``x [B, n]``, ``x* [B, n]``, time left ``[B]``
+    (the constant extras after them are the problem's `observation_extras`)."""
     obs = np.asarray(obs, dtype=np.float64)
     return obs[..., :n_state], obs[..., n_state:2 * n_state], obs[..., 2 * n_state]
