@@ -271,6 +271,28 @@ class ControlProblem:
         """The expert's plans ``U [B, N, m]`` (each problem names its solver)."""
         raise NotImplementedError(f"{type(self).__name__} has no expert")
 
+    def equilibrium_control(self, target: np.ndarray) -> np.ndarray:
+        """The control ``[B, m]`` that holds each rest state ``target [B, n]`` in place (the
+        LQR experts linearise there). Default: zero; problems such as a hovering quadrotor
+        override it."""
+        return np.zeros((len(target), self.n_control))
+
+    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
+        """Soft state-constraint terms ``[B]`` of trajectories ``states [B, N+1, n]`` (e.g.
+        obstacle or ground barriers) that the iLQR expert minimises besides J. Must be a sum of
+        terms each depending on a single state (the solver reads its Hessian per time step).
+        Default: none (zeros)."""
+        return states.new_zeros(states.shape[0])
+
+    def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        """Plans ``[B, N, m]`` the iLQR expert starts from (it keeps the best result per start).
+        Default: clipped finite-horizon LQR of the linearisation at the target, and zeros."""
+        from trc_gym.experts.lqr import clipped_lqr_plans
+
+        zeros = np.clip(np.zeros((len(x0), self.horizon, self.n_control)), self.u_low,
+                        self.u_high)
+        return [clipped_lqr_plans(self, x0, target), zeros]
+
     # ------------------------------------------------------------------ checks
     def check_states(self, x: np.ndarray, name: str, batch: int | None = None) -> np.ndarray:
         """``x`` as float64 ``[B, n]`` (a single ``[n]`` state is broadcast to ``batch``)."""
@@ -321,3 +343,18 @@ class LinearProblem(ControlProblem):
         x0 = self.check_states(x0, "x0")
         target = self.check_states(target, "target", batch=x0.shape[0])
         return solve_box_qp_plans(self, x0, target)
+
+
+class NonlinearProblem(ControlProblem):
+    """A problem whose expert is box-constrained iLQR (`trc_gym.experts.ilqr`) run from each of
+    `initial_guesses`. Solver settings for `ilqr` may be set in ``ilqr_options``."""
+
+    expert_is_slow = True  # datasets.generate spreads the expert over processes
+    ilqr_options: dict = {}  # noqa: RUF012  (read-only keyword defaults for `ilqr`)
+
+    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        from trc_gym.experts.ilqr import ilqr_expert_plans
+
+        x0 = self.check_states(x0, "x0")
+        target = self.check_states(target, "target", batch=x0.shape[0])
+        return ilqr_expert_plans(self, x0, target)

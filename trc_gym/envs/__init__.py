@@ -7,6 +7,7 @@ import gymnasium as gym
 # One line per env: its id and the class implementing it (each in a self-contained file).
 ENV_ENTRY_POINTS: dict[str, str] = {
     "TRC-DoubleIntegrator-v0": "trc_gym.envs.double_integrator:DoubleIntegratorEnv",
+    "TRC-VanDerPol-v0": "trc_gym.envs.van_der_pol:VanDerPolEnv",
 }
 
 

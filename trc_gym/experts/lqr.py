@@ -19,33 +19,45 @@ from trc_gym.problem import ControlProblem, LinearProblem
 def finite_horizon_lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray,
                        Qf: np.ndarray, horizon: int, cost_weight: float = 1.0) -> np.ndarray:
     """Time-varying gains ``K [N, m, n]`` (``u_k = -K_k e_k``) by the backward Riccati recursion
-    for ``w * sum_k (e'Qe + u'Ru) + e_N' Qf e_N`` under ``e+ = A e + B u``."""
-    P = Qf
+    for ``w * sum_k (e'Qe + u'Ru) + e_N' Qf e_N`` under ``e+ = A e + B u``. ``A [..., n, n]`` and
+    ``B [..., n, m]`` may carry leading batch dimensions (one system each): then
+    ``K [N, ..., m, n]``."""
+    def tr(M: np.ndarray) -> np.ndarray:
+        return np.swapaxes(M, -1, -2)
+
+    P = np.broadcast_to(Qf, A.shape)
     gains = []
     for _ in range(horizon):
-        K = np.linalg.solve(cost_weight * R + B.T @ P @ B, B.T @ P @ A)
-        P = cost_weight * Q + A.T @ P @ (A - B @ K)
-        P = 0.5 * (P + P.T)
+        K = np.linalg.solve(cost_weight * R + tr(B) @ P @ B, tr(B) @ P @ A)
+        P = cost_weight * Q + tr(A) @ P @ (A - B @ K)
+        P = 0.5 * (P + tr(P))
         gains.append(K)
     return np.stack(gains[::-1])
 
 
 def clipped_lqr_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Plans ``U [B, N, m]`` of the time-varying LQR run closed loop from ``x0`` with its
-    controls clipped into the bound. Nonlinear problems use the linearisation at the target,
-    which must be a rest state held by zero control."""
+    controls clipped into the bound: ``u_k = clip(u* - K_k e_k)``. Nonlinear problems use the
+    linearisation at the target, which must be a rest state held by the control
+    ``u* = problem.equilibrium_control(target)`` (zero by default); each distinct target gets
+    its own linearisation."""
     x = problem.check_states(x0, "x0")
     target = problem.check_states(target, "target", batch=x.shape[0])
+    u_star = np.zeros((len(x), problem.n_control))
     if isinstance(problem, LinearProblem):
         A, B = problem.A, problem.B
     else:
-        jac_x, jac_u = problem.jacobians(target[:1], np.zeros((1, problem.n_control)))
-        A, B = jac_x[0], jac_u[0]
+        u_star = problem.equilibrium_control(target)
+        shared = bool(np.all(target == target[:1]))
+        jac_x, jac_u = problem.jacobians(target[:1] if shared else target,
+                                         u_star[:1] if shared else u_star)
+        A, B = (jac_x[0], jac_u[0]) if shared else (jac_x, jac_u)
     gains = finite_horizon_lqr(A, B, problem.Q, problem.R, problem.Qf, problem.horizon,
                                problem.cost_weight)
     plan = []
     for K in gains:
-        u = np.clip(-problem.state_error_np(x, target) @ K.T, problem.u_low, problem.u_high)
+        e = problem.state_error_np(x, target)
+        u = np.clip(u_star - (K @ e[..., None])[..., 0], problem.u_low, problem.u_high)
         plan.append(u)
         x = problem.step(x, u)
     return np.stack(plan, axis=1)

@@ -1,0 +1,319 @@
+"""Iterative LQR (box-constrained DDP) for any `ControlProblem`, batched over starts.
+
+The objective is the problem's cost plus its soft state-constraint terms,
+
+    F(U) = J(x0, x*, U) + problem.penalty_torch(X(U), x*),
+
+minimised over plans ``U`` inside the control box, on the smooth trajectory ``X(U)`` (the
+dynamics run on through failure states, ``rollout_torch(..., terminate=False)``: the penalty,
+not the env's early termination, keeps the solver away from them).
+
+One iteration, for every unconverged start at once (tensors ``[B, ...]``, no loop over starts):
+
+1. linearise the step ``x+ = f(x, u)`` along the current trajectory (``A_k``, ``B_k`` by
+   reverse-mode autodiff of `discrete_step`) and take the cost's derivatives: Gauss-Newton
+   through `state_error` (so wrapped angles are differentiated correctly), exact for the
+   quadratic control cost, and gradient plus positive-semidefinite Hessian blocks of the penalty;
+2. backward pass (Tassa, Mansard & Todorov, "Control-limited differential dynamic programming",
+   ICRA 2014): at each step the feedforward ``k`` solves the box QP
+   ``min_du 1/2 du' Quu du + Qu' du`` s.t. ``u_low <= u + du <= u_high`` by projected Newton,
+   and the feedback gain is zero on the controls held at a bound (``K = -Quu_ff^-1 Qux`` on the
+   free ones); ``Quu`` carries a per-start Levenberg-Marquardt term ``mu I`` that grows while
+   ``Quu + mu I`` is not positive definite or no step helps, and shrinks after a good step;
+3. forward pass with a backtracking line search, all step sizes ``alpha`` rolled out at once;
+   ``u = clip(u_k + alpha k_k + K_k (x - x_k))``; each start keeps its best step that satisfies
+   the Armijo condition on the expected decrease.
+
+A start stops when its objective improves by less than ``tol`` (relative) or its
+regularisation exceeds ``mu_max``. The objective never increases, so a plan is never worse than
+its initial guess. `ilqr_expert_plans` runs `ilqr` from each of the problem's initial guesses
+and keeps, per start, the best successful plan.
+
+Assumption on `penalty_torch`: a sum of terms each depending on one state of one trajectory
+(e.g. a barrier per time step); its Hessian blocks are read off per time step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trc_gym.problem import ControlProblem
+
+DTYPE = torch.float64
+ALPHAS = 0.5 ** np.arange(10)  # line-search step sizes, 1 down to ~0.002
+MU_MIN, MU_MAX, MU_FACTOR = 1e-6, 1e10, 10.0
+ARMIJO = 1e-4
+
+
+def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np.ndarray, *,
+         max_iter: int = 100, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Locally optimal plans from ``x0 [B, n]`` to ``target [B, n]`` started at
+    ``U_init [B, N, m]`` (clipped into the bound).
+
+    Returns ``(U [B, N, m], objective [B])`` with objective = cost + penalty of ``U``.
+    ``max_iter`` bounds the iterations, ``tol`` is the relative objective decrease below which
+    a start counts as converged.
+    """
+    x0, U_init = problem.check_plan(x0, U_init)
+    target = problem.check_states(target, "target", batch=x0.shape[0])
+    if max_iter < 0 or tol < 0:
+        raise ValueError(f"max_iter and tol must be non-negative, got {max_iter}, {tol}")
+    with torch.no_grad():
+        x0_t = torch.from_numpy(x0)
+        tgt = torch.from_numpy(target)
+        U = problem.clip_controls(torch.from_numpy(U_init).clone())
+        X = problem.rollout_torch(x0_t, U, terminate=False)
+        J = objective_torch(problem, X, tgt, U)
+        mu = torch.zeros(len(x0), dtype=DTYPE)
+        active = torch.ones(len(x0), dtype=torch.bool)
+        for _ in range(max_iter):
+            idx = torch.nonzero(active).flatten()
+            if len(idx) == 0:
+                break
+            out = _iterate(problem, X[idx], tgt[idx], U[idx], J[idx], mu[idx], tol)
+            X[idx], U[idx], J[idx], mu[idx], done = out
+            active[idx] = ~done
+    return U.numpy(), J.numpy()
+
+
+def objective_torch(problem: ControlProblem, states: Tensor, target: Tensor, U: Tensor) -> Tensor:
+    """Cost plus penalty ``[B]`` of plans ``U [B, N, m]`` with trajectories ``states``."""
+    terms = problem.cost_terms_torch(states, target, U)
+    cost = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+    return cost + problem.penalty_torch(states, target)
+
+
+def ilqr_expert_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
+                      **options) -> np.ndarray:
+    """The expert's plans ``U [B, N, m]``: `ilqr` from every plan in
+    ``problem.initial_guesses(x0, target)``; per start the lowest-objective plan among those
+    that succeed without violating a constraint (or the lowest overall where none does). The
+    initial guesses themselves are candidates too, so the result is never worse than the best
+    successful guess. ``options`` (and ``problem.ilqr_options``) go to `ilqr`."""
+    x0 = problem.check_states(x0, "x0")
+    target = problem.check_states(target, "target", batch=x0.shape[0])
+    options = {**getattr(problem, "ilqr_options", {}), **options}
+    candidates, scores = [], []
+    for guess in problem.initial_guesses(x0, target):
+        guess = np.clip(problem.check_plan(x0, guess)[1], problem.u_low, problem.u_high)
+        for plan in (guess, ilqr(problem, x0, target, guess, **options)[0]):
+            candidates.append(plan)
+            scores.append(_score(problem, x0, target, plan))
+    scores = np.stack(scores)  # [G, B]
+    best = scores.argmin(axis=0)
+    return np.stack(candidates)[best, np.arange(len(x0))]
+
+
+def _score(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
+           plan: np.ndarray) -> np.ndarray:
+    """The env's cost J plus the penalty ``[B]`` (on the trajectory as the env runs it, ended
+    at a failure), offset by 1e12 for plans that fail, so successes win."""
+    with torch.no_grad():
+        tgt, U = torch.from_numpy(target), torch.from_numpy(plan)
+        states = problem.rollout_torch(torch.from_numpy(x0), U)
+        value = (problem.cost_torch(torch.from_numpy(x0), tgt, U)
+                 + problem.penalty_torch(states, tgt)).numpy()
+    states = states.numpy()
+    ok = problem.success(states, target) & ~problem.constraint_violations(states)
+    return np.where(ok, value, 1e12 + value)
+
+
+# ---------------------------------------------------------------------------- one iteration
+def _iterate(problem, X, tgt, U, J, mu, tol):
+    """One iLQR iteration on a batch of starts; returns the updated ``X, U, J, mu`` and which
+    starts are done."""
+    B = len(X)
+    derivs = _derivatives(problem, X, tgt, U)
+    k, K, dV1, dV2, ok = _backward(problem, U, mu, *derivs)
+    X_new, U_new, J_new = _line_search(problem, X, tgt, U, k, K)  # [L, B, ...]
+    expected = -(torch.as_tensor(ALPHAS)[:, None] * dV1 + torch.as_tensor(ALPHAS**2)[:, None] * dV2)
+    decrease = J[None] - J_new
+    accept = ok[None] & (decrease > 0) & (decrease >= ARMIJO * expected)
+    J_cand = torch.where(accept, J_new, torch.full_like(J_new, np.inf))
+    best = J_cand.argmin(0)
+    improved = accept.any(0)
+    rows = torch.arange(B)
+    X = torch.where(improved[:, None, None], X_new[best, rows], X)
+    U = torch.where(improved[:, None, None], U_new[best, rows], U)
+    gain = torch.where(improved, J - J_new[best, rows], torch.zeros_like(J))
+    J = torch.where(improved, J_new[best, rows], J)
+    # Levenberg-Marquardt: relax after a full step, stiffen after a failed one.
+    mu = torch.where(improved, torch.where(mu / MU_FACTOR < MU_MIN, 0.0, mu / MU_FACTOR),
+                     torch.clamp(mu * MU_FACTOR, min=MU_MIN))
+    small = (-(dV1 + dV2) <= tol * (1.0 + J.abs())) & ok
+    converged = improved & (gain <= tol * (1.0 + J.abs()))
+    done = converged | (small & ~improved) | (mu > MU_MAX)
+    return X, U, J, mu, done
+
+
+def _derivatives(problem, X, tgt, U):
+    """Dynamics Jacobians ``A [B, N, n, n]``, ``Bu [B, N, n, m]`` and the objective's
+    derivatives ``lx [B, N+1, n]``, ``lxx [B, N+1, n, n]``, ``lu [B, N, m]``, ``luu [m, m]``."""
+    Bsz, N, m = U.shape
+    n = X.shape[-1]
+    c = problem.constants(X)
+    w = problem.cost_weight
+    with torch.enable_grad():
+        xs = X[:, :-1].reshape(-1, n).clone().requires_grad_(True)
+        us = U.reshape(-1, m).clone().requires_grad_(True)
+        nxt = problem.discrete_step(xs, us)
+        rows = [torch.autograd.grad(nxt[:, i].sum(), (xs, us), retain_graph=i < n - 1)
+                for i in range(n)]
+        A = torch.stack([r[0] for r in rows], dim=1).reshape(Bsz, N, n, n)
+        Bu = torch.stack([r[1] for r in rows], dim=1).reshape(Bsz, N, n, m)
+
+        S = X.clone().requires_grad_(True)
+        err = problem.state_error(S, tgt[:, None, :])
+        E = _row_jacobian(err, S)  # d e_k / d x_k  [B, N+1, n, n]
+        err = err.detach()
+        weights = torch.cat([(w * c["Q"]).expand(N, n, n), c["Qf"][None]])  # [N+1, n, n]
+        WE = weights @ E
+        We = torch.einsum("kij,bkj->bki", weights, err)
+        lx = 2.0 * torch.einsum("bkji,bkj->bki", E, We)
+        lxx = 2.0 * E.transpose(-1, -2) @ WE
+
+        if _has_penalty(problem):
+            S = X.clone().requires_grad_(True)
+            total = problem.penalty_torch(S, tgt).sum()
+            if total.requires_grad:
+                grad = torch.autograd.grad(total, S, create_graph=True)[0]
+                lx = lx + grad.detach()
+                if grad.requires_grad:
+                    lxx = lxx + _psd(_row_jacobian(grad, S))
+    lu = 2.0 * w * U @ c["R"]
+    luu = 2.0 * w * c["R"]
+    return A, Bu, lx, lxx, lu, luu
+
+
+def _row_jacobian(y: Tensor, S: Tensor) -> Tensor:
+    """Per-state Jacobian blocks ``[..., n, n]`` of ``y [..., n]`` w.r.t. ``S [..., n]``, for
+    ``y`` whose entry at one state depends on that state only."""
+    n = y.shape[-1]
+    rows = []
+    for i in range(n):
+        g = torch.autograd.grad(y[..., i].sum(), S, retain_graph=True, allow_unused=True)[0]
+        rows.append(torch.zeros_like(S) if g is None else g)
+    return torch.stack(rows, dim=-2).detach()
+
+
+def _psd(H: Tensor) -> Tensor:
+    """The nearest positive-semidefinite matrices of symmetric blocks ``[..., n, n]``."""
+    H = 0.5 * (H + H.transpose(-1, -2))
+    vals, vecs = torch.linalg.eigh(H)
+    return (vecs * vals.clamp(min=0.0)[..., None, :]) @ vecs.transpose(-1, -2)
+
+
+def _has_penalty(problem: ControlProblem) -> bool:
+    return type(problem).penalty_torch is not ControlProblem.penalty_torch
+
+
+def _backward(problem, U, mu, A, Bu, lx, lxx, lu, luu):
+    """Box-constrained backward pass. Returns feedforward ``k [B, N, m]``, gains
+    ``K [B, N, m, n]``, the expected-change coefficients ``dV1, dV2 [B]`` and whether ``Quu +
+    mu I`` was positive definite at every step ``[B]``."""
+    Bsz, N, m = U.shape
+    c = problem.constants(U)
+    eye = torch.eye(m, dtype=U.dtype)
+    Vx, Vxx = lx[:, -1], lxx[:, -1]
+    k_all = torch.zeros_like(U)
+    K_all = torch.zeros(Bsz, N, m, A.shape[-1], dtype=U.dtype)
+    dV1 = torch.zeros(Bsz, dtype=U.dtype)
+    dV2 = torch.zeros(Bsz, dtype=U.dtype)
+    ok = torch.ones(Bsz, dtype=torch.bool)
+    for t in range(N - 1, -1, -1):
+        At, Bt = A[:, t], Bu[:, t]
+        AtT, BtT = At.transpose(1, 2), Bt.transpose(1, 2)
+        Qx = lx[:, t] + (AtT @ Vx[..., None])[..., 0]
+        Qu = lu[:, t] + (BtT @ Vx[..., None])[..., 0]
+        Qxx = lxx[:, t] + AtT @ Vxx @ At
+        Quu = luu + BtT @ Vxx @ Bt
+        Qux = BtT @ Vxx @ At
+        Quu = 0.5 * (Quu + Quu.transpose(1, 2))
+        H = Quu + mu[:, None, None] * eye
+        pd = torch.linalg.cholesky_ex(H).info == 0
+        ok &= pd
+        H = torch.where(pd[:, None, None], H, eye.expand_as(H))  # keep the solve well posed
+        lo, hi = c["u_low"] - U[:, t], c["u_high"] - U[:, t]
+        k, free = box_qp(H, Qu, lo, hi, k_all[:, t])
+        pair = free[:, :, None] & free[:, None, :]
+        Hf = torch.where(pair, H, eye.expand_as(H))
+        K = torch.linalg.solve(Hf, torch.where(free[:, :, None], -Qux, 0.0))
+        k_all[:, t], K_all[:, t] = k, K
+        KT = K.transpose(1, 2)
+        dV1 = dV1 + (k * Qu).sum(-1)
+        dV2 = dV2 + 0.5 * (k[:, None, :] @ Quu @ k[..., None])[:, 0, 0]
+        Vx = (Qx + (KT @ Quu @ k[..., None])[..., 0] + (KT @ Qu[..., None])[..., 0]
+              + (Qux.transpose(1, 2) @ k[..., None])[..., 0])
+        Vxx = Qxx + KT @ Quu @ K + KT @ Qux + Qux.transpose(1, 2) @ K
+        Vxx = 0.5 * (Vxx + Vxx.transpose(1, 2))
+    return k_all, K_all, dV1, dV2, ok
+
+
+def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = None,
+           max_iter: int = 50) -> tuple[Tensor, Tensor]:
+    """``argmin 1/2 z'Hz + g'z`` s.t. ``lo <= z <= hi`` for each row (``H [B, m, m]`` positive
+    definite, ``g, lo, hi [B, m]``) by projected Newton with an Armijo line search (Tassa et
+    al. 2014, Alg. 1). Returns ``z [B, m]`` and the free (not clamped) coordinates ``[B, m]``."""
+    m = g.shape[-1]
+    if m == 1:  # closed form
+        z = torch.minimum(torch.maximum(-g / H[:, :, 0], lo), hi)
+        return z, (z > lo) & (z < hi)
+    eye = torch.eye(m, dtype=g.dtype)
+    z = torch.linalg.solve(H, -g)
+    inside = ((z >= lo) & (z <= hi)).all(-1)
+    if bool(inside.all()):
+        return z, torch.ones_like(z, dtype=torch.bool)
+    out_free = torch.ones_like(z, dtype=torch.bool)
+    todo = torch.nonzero(~inside).flatten()
+    H, g, lo, hi = H[todo], g[todo], lo[todo], hi[todo]
+    x = torch.minimum(torch.maximum(start[todo] if start is not None else z[todo], lo), hi)
+    steps = torch.as_tensor(0.5 ** np.arange(20), dtype=g.dtype)[:, None, None]
+
+    def value(v: Tensor) -> Tensor:
+        return 0.5 * (v[..., None, :] @ H @ v[..., None])[..., 0, 0] + (g * v).sum(-1)
+
+    for _ in range(max_iter):
+        grad = (H @ x[..., None])[..., 0] + g
+        clamped = ((x <= lo) & (grad > 0)) | ((x >= hi) & (grad < 0))
+        free = ~clamped
+        pair = free[:, :, None] & free[:, None, :]
+        dx = torch.linalg.solve(torch.where(pair, H, eye), torch.where(free, -grad, 0.0))
+        cand = torch.minimum(torch.maximum(x[None] + steps * dx[None], lo), hi)  # [S, B, m]
+        f0 = value(x)
+        armijo = value(cand) <= f0 + 0.1 * ((cand - x[None]) * grad).sum(-1)
+        first = torch.where(armijo.any(0), armijo.float().argmax(0), -1)
+        new = torch.where((first >= 0)[:, None], cand[first.clamp(min=0), torch.arange(len(x))], x)
+        moved = (new - x).abs().max(-1).values > 1e-12
+        x = new
+        if not bool(moved.any()):
+            break
+    grad = (H @ x[..., None])[..., 0] + g
+    clamped = ((x <= lo + 1e-12) & (grad > 0)) | ((x >= hi - 1e-12) & (grad < 0))
+    z = z.clone()
+    z[todo] = x
+    out_free[todo] = ~clamped
+    return z, out_free
+
+
+def _line_search(problem, X, tgt, U, k, K):
+    """Roll out every step size at once: states ``[L, B, N+1, n]``, plans ``[L, B, N, m]`` and
+    objectives ``[L, B]`` for ``alpha`` in `ALPHAS`."""
+    L = len(ALPHAS)
+    Bsz, N, m = U.shape
+    alpha = torch.as_tensor(ALPHAS, dtype=U.dtype).repeat_interleave(Bsz)[:, None]  # [L*B, 1]
+    Xr, Ur, kr, Kr = (t.repeat(L, *([1] * (t.dim() - 1))) for t in (X, U, k, K))
+    x = Xr[:, 0]
+    states, controls = [x], []
+    for t in range(N):
+        u = Ur[:, t] + alpha * kr[:, t] + (Kr[:, t] @ (x - Xr[:, t])[..., None])[..., 0]
+        u = problem.clip_controls(u)
+        x = problem.discrete_step(x, u)
+        states.append(x)
+        controls.append(u)
+    S = torch.stack(states, 1)
+    Uc = torch.stack(controls, 1)
+    Jn = objective_torch(problem, S, tgt.repeat(L, 1), Uc)
+    Jn = torch.where(torch.isfinite(Jn), Jn, torch.full_like(Jn, np.inf))
+    return S.reshape(L, Bsz, N + 1, -1), Uc.reshape(L, Bsz, N, m), Jn.reshape(L, Bsz)
