@@ -28,15 +28,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def load_any_policy(name: str, env_id: str):
-    """``expert`` / ``random`` / ``zero``, or a path to a saved TRC planner."""
+    """``expert`` / ``random`` / ``zero``, a saved SB3 agent (or run) directory, or a path to a
+    saved TRC planner."""
+    from pathlib import Path
+
     from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 
     simple = {"expert": ExpertPolicy, "random": RandomPolicy, "zero": ZeroPolicy}
     if name in simple:
         return simple[name](env_id)
+    if any((Path(name) / sub / "agent.json").exists() for sub in ("", "best")):
+        from baselines.sb3 import load_agent
+
+        return load_agent(name)
     from policies import load_policy
 
     return load_policy(name)
+
+
+def cmd_train_baseline(args: argparse.Namespace) -> None:
+    import torch
+
+    from baselines.sb3 import train_agent
+    from trc_gym import evaluate, format_table
+
+    torch.set_num_threads(args.threads)
+    agent = train_agent(args.algo, args.env, args.timesteps, seed=args.seed, n_envs=args.n_envs,
+                        eval_freq=args.eval_freq, out_dir=args.out,
+                        progress_bar=not args.no_progress, env_kwargs=json.loads(args.env_kwargs),
+                        **json.loads(args.set))
+    info = agent.info
+    print(f"{args.algo.upper()} on {args.env}: {info['env_steps']} env steps "
+          f"(+{info['validation_env_steps']} for validation), {info['train_seconds']:.1f} s; "
+          f"selected at {info['selected_at_env_steps']} steps; saved to {args.out}")
+    metrics = evaluate(agent, args.env, args.episodes, env_kwargs=json.loads(args.env_kwargs))
+    print(format_table({f"{args.algo} ({args.episodes} held-out starts)": metrics}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=12345)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train-baseline", help="train SB3 PPO / SAC with the tuned settings")
+    p.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
+    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
+    p.add_argument("--timesteps", type=int, default=None, help="default: the tuned budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-envs", type=int, default=None, help="default: the tuned value")
+    p.add_argument("--eval-freq", type=int, default=None, help="env steps between validations")
+    p.add_argument("--set", default="{}", help='JSON overrides, e.g. \'{"learning_rate": 3e-4}\'')
+    p.add_argument("--env-kwargs", default="{}", help='JSON, e.g. \'{"random_target": true}\'')
+    p.add_argument("--episodes", type=int, default=500, help="held-out starts evaluated after")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="run directory (best/, final/, curve.csv)")
+    p.set_defaults(func=cmd_train_baseline)
     return parser
 
 
