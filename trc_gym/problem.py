@@ -327,15 +327,29 @@ class LinearProblem(ControlProblem):
     A: np.ndarray
     B: np.ndarray
 
-    def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
-        key = (x.dtype, x.device, "AB")
+    def linear_constants(self, like: Tensor, steps: int) -> dict[str, Tensor]:
+        """``A``, ``B`` and the stacked ``Phi``, ``Gamma`` of `stacked_prediction` for
+        ``steps`` steps, as tensors like ``like`` (cached)."""
+        key = (like.dtype, like.device, "linear", steps)
         if key not in self._torch_constants:
+            from trc_gym.experts.lqr import stacked_prediction
+
+            Phi, Gamma = stacked_prediction(self.A, self.B, steps)
             self._torch_constants[key] = {
-                "A": torch.as_tensor(self.A, dtype=x.dtype, device=x.device),
-                "B": torch.as_tensor(self.B, dtype=x.dtype, device=x.device),
-            }
-        c = self._torch_constants[key]
+                k: torch.as_tensor(v, dtype=like.dtype, device=like.device)
+                for k, v in {"A": self.A, "B": self.B, "Phi": Phi, "Gamma": Gamma}.items()}
+        return self._torch_constants[key]
+
+    def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
+        c = self.linear_constants(x, 1)
         return x @ c["A"].T + u @ c["B"].T
+
+    def rollout_torch(self, x0: Tensor, U: Tensor) -> Tensor:
+        """The same states as stepping, in one product: ``X = Phi x0 + Gamma vec(clip(U))``."""
+        B, steps = U.shape[:2]
+        c = self.linear_constants(x0, steps)
+        flat = x0 @ c["Phi"].T + self.clip_controls(U).reshape(B, -1) @ c["Gamma"].T
+        return flat.view(B, steps + 1, self.n_state)
 
     def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         from trc_gym.experts.lqr import solve_box_qp_plans

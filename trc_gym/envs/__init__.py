@@ -8,6 +8,8 @@ import gymnasium as gym
 ENV_ENTRY_POINTS: dict[str, str] = {
     "TRC-DoubleIntegrator-v0": "trc_gym.envs.double_integrator:DoubleIntegratorEnv",
     "TRC-VanDerPol-v0": "trc_gym.envs.van_der_pol:VanDerPolEnv",
+    "TRC-Pendulum-v0": "trc_gym.envs.pendulum:PendulumEnv",
+    "TRC-CartPole-v0": "trc_gym.envs.cart_pole:CartPoleEnv",
 }
 
 

@@ -95,15 +95,17 @@ def ilqr_expert_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarra
     x0 = problem.check_states(x0, "x0")
     target = problem.check_states(target, "target", batch=x0.shape[0])
     options = {**getattr(problem, "ilqr_options", {}), **options}
-    candidates, scores = [], []
-    for guess in problem.initial_guesses(x0, target):
-        guess = np.clip(problem.check_plan(x0, guess)[1], problem.u_low, problem.u_high)
-        for plan in (guess, ilqr(problem, x0, target, guess, **options)[0]):
-            candidates.append(plan)
-            scores.append(_score(problem, x0, target, plan))
-    scores = np.stack(scores)  # [G, B]
-    best = scores.argmin(axis=0)
-    return np.stack(candidates)[best, np.arange(len(x0))]
+    guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
+               for g in problem.initial_guesses(x0, target)]
+    G, B = len(guesses), len(x0)
+    if G == 0:
+        raise ValueError(f"{problem.name}: initial_guesses returned no plan")
+    # All guesses in one batch: the solver's cost per iteration is mostly per-call overhead.
+    solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
+                  np.concatenate(guesses), **options)[0].reshape(G, B, *guesses[0].shape[1:])
+    candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
+    scores = np.stack([_score(problem, x0, target, plan) for plan in candidates])
+    return candidates[scores.argmin(axis=0), np.arange(B)]
 
 
 def _score(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
@@ -124,28 +126,17 @@ def _score(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
 def _iterate(problem, X, tgt, U, J, mu, tol):
     """One iLQR iteration on a batch of starts; returns the updated ``X, U, J, mu`` and which
     starts are done."""
-    B = len(X)
     derivs = _derivatives(problem, X, tgt, U)
     k, K, dV1, dV2, ok = _backward(problem, U, mu, *derivs)
-    X_new, U_new, J_new = _line_search(problem, X, tgt, U, k, K)  # [L, B, ...]
-    expected = -(torch.as_tensor(ALPHAS)[:, None] * dV1 + torch.as_tensor(ALPHAS**2)[:, None] * dV2)
-    decrease = J[None] - J_new
-    accept = ok[None] & (decrease > 0) & (decrease >= ARMIJO * expected)
-    J_cand = torch.where(accept, J_new, torch.full_like(J_new, np.inf))
-    best = J_cand.argmin(0)
-    improved = accept.any(0)
-    rows = torch.arange(B)
-    X = torch.where(improved[:, None, None], X_new[best, rows], X)
-    U = torch.where(improved[:, None, None], U_new[best, rows], U)
-    gain = torch.where(improved, J - J_new[best, rows], torch.zeros_like(J))
-    J = torch.where(improved, J_new[best, rows], J)
-    # Levenberg-Marquardt: relax after a full step, stiffen after a failed one.
+    X_new, U_new, J_new, improved = _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok)
+    gain = torch.where(improved, J - J_new, torch.zeros_like(J))
+    # Levenberg-Marquardt: relax after a successful step, stiffen after a failed one.
     mu = torch.where(improved, torch.where(mu / MU_FACTOR < MU_MIN, 0.0, mu / MU_FACTOR),
                      torch.clamp(mu * MU_FACTOR, min=MU_MIN))
-    small = (-(dV1 + dV2) <= tol * (1.0 + J.abs())) & ok
-    converged = improved & (gain <= tol * (1.0 + J.abs()))
+    small = (-(dV1 + dV2) <= tol * (1.0 + J_new.abs())) & ok
+    converged = improved & (gain <= tol * (1.0 + J_new.abs()))
     done = converged | (small & ~improved) | (mu > MU_MAX)
-    return X, U, J, mu, done
+    return X_new, U_new, J_new, mu, done
 
 
 def _derivatives(problem, X, tgt, U):
@@ -297,12 +288,38 @@ def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = 
     return z, out_free
 
 
-def _line_search(problem, X, tgt, U, k, K):
-    """Roll out every step size at once: states ``[L, B, N+1, n]``, plans ``[L, B, N, m]`` and
-    objectives ``[L, B]`` for ``alpha`` in `ALPHAS`."""
-    L = len(ALPHAS)
+def _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok):
+    """Backtracking line search: the full step ``alpha = 1`` for every start first, then, for
+    starts where it fails the Armijo test, every smaller step in `ALPHAS` at once (the best
+    passing one wins). Returns the new ``X, U, J`` (unchanged where no step passed) and which
+    starts improved ``[B]``."""
+    X, U, J = X.clone(), U.clone(), J.clone()
+    improved = torch.zeros_like(ok)
+    rows = torch.nonzero(ok).flatten()
+    for alphas in (ALPHAS[:1], ALPHAS[1:]):
+        if len(rows) == 0:
+            break
+        a = torch.as_tensor(alphas, dtype=U.dtype)
+        S, Uc, Jn = _rollouts(problem, X[rows], U[rows], k[rows], K[rows], a, tgt[rows])
+        expected = -(a[:, None] * dV1[rows] + a[:, None] ** 2 * dV2[rows])  # [L, b]
+        decrease = J[rows][None] - Jn
+        accept = (decrease > 0) & (decrease >= ARMIJO * expected)
+        best = torch.where(accept, Jn, torch.full_like(Jn, np.inf)).argmin(0)
+        passed = accept.any(0)
+        take, pick = rows[passed], best[passed]
+        cols = torch.nonzero(passed).flatten()
+        X[take], U[take], J[take] = S[pick, cols], Uc[pick, cols], Jn[pick, cols]
+        improved[take] = True
+        rows = rows[~passed]
+    return X, U, J, improved
+
+
+def _rollouts(problem, X, U, k, K, alphas, tgt):
+    """Closed-loop rollouts ``u = clip(u_k + alpha k_k + K_k (x - x_k))`` for every step size in
+    ``alphas [L]``: states ``[L, B, N+1, n]``, plans ``[L, B, N, m]``, objectives ``[L, B]``."""
+    L = len(alphas)
     Bsz, N, m = U.shape
-    alpha = torch.as_tensor(ALPHAS, dtype=U.dtype).repeat_interleave(Bsz)[:, None]  # [L*B, 1]
+    alpha = alphas.repeat_interleave(Bsz)[:, None]  # [L*B, 1]
     Xr, Ur, kr, Kr = (t.repeat(L, *([1] * (t.dim() - 1))) for t in (X, U, k, K))
     x = Xr[:, 0]
     states, controls = [x], []

@@ -1,0 +1,223 @@
+"""TinyRecursiveControl: a tiny recursive planner that writes a whole control sequence and then
+refines it by simulating its own plan and reading the errors back.
+
+Following the Tiny Recursive Model (arXiv 2510.04871), the planner keeps two latents: an answer
+latent ``y`` (the plan) and a reasoning latent ``z``, each ``L`` tokens of width ``d``. The MLP
+reasoning block sees the whole plan as one token (``L = 1``); the attention block attends over
+the ``L = N`` time-step tokens. Encoders and decoder read and write ``N / L`` time steps per
+token, so both share every other part. One refinement
+step is ``T`` cycles of ``n`` latent updates ``z <- f(z + y + x_emb + err_emb)`` and one answer
+update ``y <- f(y + z)``, with gradients through the last cycle only; then the control decoder
+turns ``y`` into a residual update of the plan. Before each step the current plan is simulated
+through the problem's differentiable torch dynamics, and its errors (per-step tracking error,
+terminal error, cost terms) are fed back through the error encoder, so the refinement sees the
+outcome of its own plan. ``f`` is one network with weights shared across every update.
+
+Shapes: ``x0, target [B, n]`` -> ``controls [B, N, m]``; latents ``[B, L, d]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trc_gym.problem import ControlProblem
+
+
+@dataclass
+class TRCConfig:
+    """Sizes and recursion depths of a TRC planner (the problem supplies the dims)."""
+
+    latent_dim: int = 64  # d: width of every token
+    hidden_dim: int = 128  # width of the MLPs inside encoders, decoder and reasoning blocks
+    n_blocks: int = 2  # blocks in the shared reasoning network f
+    reasoning: str = "mlp"  # "mlp" (one token: the whole plan) or "attention" (over time steps)
+    n_heads: int = 4  # attention heads (attention block only)
+    n_inner: int = 2  # n: latent updates per cycle
+    n_cycles: int = 2  # T: cycles per refinement step (gradients through the last only)
+    n_refine: int = 3  # K: refinement steps (each decodes, simulates and feeds errors back)
+    error_feedback: bool = True  # False: the error encoder sees zeros (ablation)
+
+    def __post_init__(self) -> None:
+        if self.reasoning not in ("mlp", "attention"):
+            raise ValueError(f"reasoning must be 'mlp' or 'attention', got {self.reasoning!r}")
+        for key in ("latent_dim", "hidden_dim", "n_blocks", "n_heads", "n_inner", "n_cycles"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_refine < 0:
+            raise ValueError(f"n_refine must be >= 0, got {self.n_refine}")
+        if self.reasoning == "attention" and self.latent_dim % self.n_heads:
+            raise ValueError("latent_dim must be divisible by n_heads")
+
+
+# Presets sized to the seed's parameter counts on the double integrator (104,862 / 530,590 /
+# 2,604,062); `examples/benchmark_bc.py` prints the counts.
+PRESETS: dict[str, TRCConfig] = {
+    "small": TRCConfig(latent_dim=64, hidden_dim=128, n_blocks=3),  # 103,454
+    "medium": TRCConfig(latent_dim=128, hidden_dim=448, n_blocks=2),  # 532,382
+    "large": TRCConfig(latent_dim=320, hidden_dim=768, n_blocks=3),  # 2,586,014
+}
+
+
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, n_out))
+
+
+class ReasoningBlock(nn.Module):
+    """A residual channel MLP, preceded (attention block) by self-attention over the tokens;
+    post-norm as in TRM."""
+
+    def __init__(self, config: TRCConfig):
+        super().__init__()
+        d = config.latent_dim
+        self.attention = None
+        if config.reasoning == "attention":
+            self.attention = nn.MultiheadAttention(d, config.n_heads, batch_first=True)
+            self.norm_attention = nn.RMSNorm(d)
+        self.channel = mlp(d, config.hidden_dim, d)
+        self.norm_channel = nn.RMSNorm(d)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.attention is not None:
+            h = self.norm_attention(h + self.attention(h, h, h, need_weights=False)[0])
+        return self.norm_channel(h + self.channel(h))
+
+
+class RecursiveReasoning(nn.Module):
+    """The shared network ``f`` and the TRM cycle that applies it."""
+
+    def __init__(self, config: TRCConfig):
+        super().__init__()
+        self.blocks = nn.Sequential(*(ReasoningBlock(config) for _ in range(config.n_blocks)))
+        self.n_inner = config.n_inner
+
+    def cycle(self, y: Tensor, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``n`` updates of the reasoning latent, then one of the answer latent."""
+        for _ in range(self.n_inner):
+            z = self.blocks(z + y + context)
+        y = self.blocks(y + z)
+        return y, z
+
+
+class TinyRecursiveControl(nn.Module):
+    """The TRC planner for one problem. ``model(x0, target)`` returns ``{"controls": U [B, N, m],
+    "iterates": [U_0, ..., U_K]}``: the initial generator's plan and each refinement's."""
+
+    def __init__(self, problem: ControlProblem, config: TRCConfig | None = None):
+        super().__init__()
+        self.problem = problem
+        self.config = config = config or TRCConfig()
+        n, m, N, d = problem.n_state, problem.n_control, problem.horizon, config.latent_dim
+        state_scale = np.maximum(np.abs(problem.state_low), np.abs(problem.state_high))
+        self.register_buffer("state_scale", torch.tensor(np.maximum(state_scale, 1e-3),
+                                                         dtype=torch.float32))
+        self.register_buffer("u_mid", torch.tensor((problem.u_high + problem.u_low) / 2,
+                                                   dtype=torch.float32))
+        self.register_buffer("u_half", torch.tensor((problem.u_high - problem.u_low) / 2,
+                                                    dtype=torch.float32))
+        self.tokens = N if config.reasoning == "attention" else 1  # L
+        steps_per_token = N // self.tokens
+        self.state_encoder = mlp(3 * n, config.hidden_dim, d)
+        self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
+        self.initial_generator = mlp(d, config.hidden_dim, N * m)
+        self.error_encoder = mlp(steps_per_token * (2 * n + m + 3), config.hidden_dim, d)
+        self.reasoning = RecursiveReasoning(config)
+        self.control_decoder = mlp(d, config.hidden_dim, steps_per_token * m)
+        self.z_init = nn.Parameter(0.02 * torch.randn(d))
+
+    # ------------------------------------------------------------------ pieces
+    def squash(self, pre: Tensor) -> Tensor:
+        """Plan in physical units, inside the bound by construction. The tanh is stretched by
+        5% and clamped so that the bound itself (where optimal plans often sit) is reachable."""
+        return self.u_mid + self.u_half * torch.clamp(1.05 * torch.tanh(pre), -1.0, 1.0)
+
+    def encode_state(self, x0: Tensor, target: Tensor) -> Tensor:
+        error = self.problem.state_error(x0, target)
+        features = torch.cat([x0, target, error], dim=-1) / self.state_scale.repeat(3)
+        return self.state_encoder(features)
+
+    def error_features(self, x0: Tensor, target: Tensor, controls: Tensor) -> Tensor:
+        """Simulate ``controls`` and describe the outcome per time step ``[B, N, 2n + m + 3]``:
+        tracking error after the step, terminal error, the control, the step's state and
+        control cost and the plan's total cost (errors scaled, costs log-compressed)."""
+        states = self.problem.rollout_torch(x0, controls)
+        errors = self.problem.state_error(states, target[:, None]) / self.state_scale
+        terms = self.problem.cost_terms_torch(states, target, controls)
+        total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+        N = controls.shape[1]
+        return torch.cat([
+            errors[:, 1:],
+            errors[:, -1:].expand(-1, N, -1),
+            (controls - self.u_mid) / self.u_half,
+            torch.log1p(terms["state"])[..., None],
+            torch.log1p(terms["control"])[..., None],
+            torch.log1p(total)[:, None, None].expand(-1, N, 1),
+        ], dim=-1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x0: Tensor, target: Tensor, n_refine: int | None = None,
+                detach_between_steps: bool | None = None) -> dict[str, Tensor | list[Tensor]]:
+        """Plan from ``x0 [B, n]`` to ``target [B, n]``. While training, the carry is detached
+        between refinement steps (deep supervision: each step learns from its own loss)."""
+        cfg = self.config
+        n_refine = cfg.n_refine if n_refine is None else n_refine
+        detach = self.training if detach_between_steps is None else detach_between_steps
+        B, N, m = x0.shape[0], self.problem.horizon, self.problem.n_control
+        L = self.tokens
+        x_emb = self.encode_state(x0, target)
+        context = x_emb[:, None, :] + self.token_embedding  # [B, L, d]
+        pre = self.initial_generator(x_emb).view(B, N, m)
+        controls = self.squash(pre)
+        iterates = [controls]
+        y, z = context, self.z_init.expand(B, L, -1)
+        for _ in range(n_refine):
+            if detach:
+                y, z, pre, controls = y.detach(), z.detach(), pre.detach(), controls.detach()
+            feedback = self.error_features(x0, target, controls)
+            if not cfg.error_feedback:
+                feedback = torch.zeros_like(feedback)
+            step_context = context + self.error_encoder(feedback.reshape(B, L, -1))
+            with torch.no_grad():
+                for _ in range(cfg.n_cycles - 1):
+                    y, z = self.reasoning.cycle(y, z, step_context)
+            y, z = self.reasoning.cycle(y, z, step_context)
+            pre = pre + self.control_decoder(y).reshape(B, N, m)
+            controls = self.squash(pre)
+            iterates.append(controls)
+        return {"controls": controls, "iterates": iterates}
+
+    # ------------------------------------------------------------------ sizes
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component (and ``total``)."""
+        parts = {"state_encoder": [self.state_encoder, self.token_embedding],
+                 "error_encoder": [self.error_encoder],
+                 "recursive_reasoning": [self.reasoning, self.z_init],
+                 "control_decoder": [self.control_decoder],
+                 "initial_generator": [self.initial_generator]}
+        counts = {}
+        for name, items in parts.items():
+            counts[name] = sum(p.numel() for item in items for p in
+                               (item.parameters() if isinstance(item, nn.Module) else [item]))
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    @classmethod
+    def from_preset(cls, problem: ControlProblem, size: str, **overrides) -> TinyRecursiveControl:
+        if size not in PRESETS:
+            raise ValueError(f"unknown size {size!r}; choose from {sorted(PRESETS)}")
+        return cls(problem, TRCConfig(**{**asdict(PRESETS[size]), **overrides}))
+
+    @classmethod
+    def create_small(cls, problem: ControlProblem, **overrides) -> TinyRecursiveControl:
+        return cls.from_preset(problem, "small", **overrides)
+
+    @classmethod
+    def create_medium(cls, problem: ControlProblem, **overrides) -> TinyRecursiveControl:
+        return cls.from_preset(problem, "medium", **overrides)
+
+    @classmethod
+    def create_large(cls, problem: ControlProblem, **overrides) -> TinyRecursiveControl:
+        return cls.from_preset(problem, "large", **overrides)

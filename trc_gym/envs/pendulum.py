@@ -1,0 +1,137 @@
+"""TRC-Pendulum-v0: swing a torque-limited pendulum up and hold it upright.
+
+## Description
+Gymnasium's Pendulum physics: a rod of mass m = 1 kg and length l = 1 m pivots about one end
+under gravity g = 10 m/s^2, driven by a torque ``u`` at the pivot. The angle ``th`` is measured
+from upright (``th = 0`` is the target, ``th = pi`` hangs down), counter-clockwise positive:
+
+    th'' = 3 g / (2 l) sin(th) + 3 / (m l^2) u.
+
+The torque bound, 2 N m, gives at most 6 rad/s^2 against gravity's 15 rad/s^2: from hanging
+the pendulum cannot be lifted directly and must be pumped (two or three swings). Unlike
+Gymnasium the angular velocity is not clipped (a smooth model for the gradient-based expert)
+and the step is RK4 rather than semi-implicit Euler; the horizon is fixed: N = 100 steps of
+dt = 0.05 s (5 s), enough to swing up from any start in the box and settle.
+
+## Observation space
+``Box(-inf, inf, (5,), float32)``: ``[th, th', th*, th*' (= 0), fraction of time left]``.
+
+| index | observation               | unit  |
+|-------|---------------------------|-------|
+| 0     | angle th from upright     | rad (not wrapped: counts turns) |
+| 1     | angular velocity th'      | rad/s |
+| 2     | target angle th* (0)      | rad   |
+| 3     | target angular velocity   | rad/s |
+| 4     | fraction of time left     | 1 at reset, 0 after the last step |
+
+## Action space
+``Box(-2, 2, (1,), float32)``: the torque ``u`` in N m. Finite out-of-range actions are clipped.
+
+## Reward
+``-dt (e'Qe + u'Ru)`` each step with ``e = [wrap(th - th*), th' - th*']`` (``wrap`` into
+``[-pi, pi)``, so a full turn costs nothing), ``Q = diag(1, 0.1)``, ``R = 0.01``; the last step
+also adds ``-e_N' Qf e_N`` with ``Qf = diag(100, 10)``. The episode return is exactly ``-J``.
+(Q and R keep Gymnasium's ratio of angle to velocity cost.)
+
+## Starting state
+``th ~ U[-pi, pi]``, ``th' ~ U[-1, 1]`` (Gymnasium's start box); the target is upright at rest.
+
+## Episode end
+``terminated`` after N = 100 steps. Success: ``||e_N||_2 < 0.1`` (within about 6 degrees and
+0.1 rad/s of upright rest).
+
+## Expert
+Box-constrained iLQR (`trc_gym.experts.ilqr`) from several initial guesses, best plan kept:
+clipped LQR, zero torque, and energy pumping (``u = bound * sign(th' (E* - E))`` with an LQR
+catch near the top) started with no kick, a kick left and a kick right.
+
+## Parameters
+| name | value | unit |
+|------|-------|------|
+| g | 10.0 | m/s^2 |
+| m | 1.0 | kg |
+| l | 1.0 | m |
+| dt | 0.05 | s |
+| horizon N | 100 | steps |
+| torque bound | 2.0 | N m |
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trc_gym.envs.base import ControlEnv
+from trc_gym.envs.rendering import BODY, DARK, TARGET
+from trc_gym.experts.guesses import closed_loop_plans, pump_then_catch
+from trc_gym.problem import NonlinearProblem
+
+G, MASS, LENGTH, MAX_TORQUE = 10.0, 1.0, 1.0, 2.0
+
+
+def wrap_angle(a: Tensor) -> Tensor:
+    """Angles into ``[-pi, pi)`` (derivative 1 almost everywhere)."""
+    return torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
+
+
+class PendulumProblem(NonlinearProblem):
+    ilqr_options = {"max_iter": 200}  # noqa: RUF012
+
+    def __init__(self):
+        super().__init__(
+            name="Pendulum", state_names=("angle", "angular_velocity"),
+            control_names=("torque",), dt=0.05, horizon=100, Q=np.diag([1.0, 0.1]),
+            R=[[0.01]], Qf=np.diag([100.0, 10.0]), u_low=[-MAX_TORQUE], u_high=[MAX_TORQUE],
+            state_low=[-math.pi, -1.0], state_high=[math.pi, 1.0], tolerance=0.1,
+            cost_weight=0.05, error_groups={"angle": (0,), "angular_velocity": (1,)},
+        )
+
+    def dynamics(self, x: Tensor, u: Tensor) -> Tensor:
+        th, thdot = x[..., 0], x[..., 1]
+        acc = 3.0 * G / (2.0 * LENGTH) * torch.sin(th) + 3.0 / (MASS * LENGTH**2) * u[..., 0]
+        return torch.stack([thdot, acc], dim=-1)
+
+    def state_error(self, x: Tensor, target: Tensor) -> Tensor:
+        e = x - target
+        return torch.cat([wrap_angle(e[..., :1]), e[..., 1:]], dim=-1)
+
+    def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        guesses = super().initial_guesses(x0, target)
+        if np.any(target != target[:1]):
+            return guesses
+        scale = 3.0 * G / (2.0 * LENGTH)
+
+        def pump(x: np.ndarray, k: int) -> np.ndarray:
+            # Energy per unit inertia: 1/2 th'^2 + scale cos th, upright at rest: scale.
+            energy = 0.5 * x[:, 1] ** 2 + scale * np.cos(x[:, 0])
+            push = np.sign(x[:, 1] * (scale - energy))
+            push = np.where(x[:, 1] == 0.0, 1.0, push)  # at rest: any push starts the swing
+            return MAX_TORQUE * push[:, None]
+
+        def near(x: np.ndarray) -> np.ndarray:
+            e = self.state_error_np(x, target)
+            return np.abs(e[:, 0]) + 0.2 * np.abs(e[:, 1]) < 0.6
+
+        for kick, steps in ((0.0, 0), (MAX_TORQUE, 6), (-MAX_TORQUE, 6)):
+            controller = pump_then_catch(self, target, pump, near, kick, steps)
+            guesses.append(closed_loop_plans(self, x0, controller))
+        return guesses
+
+
+class PendulumEnv(ControlEnv):
+    __doc__ = __doc__
+    problem_class = PendulumProblem
+    view = (-1.4, 1.4, -1.4, 1.4)
+
+    def draw(self, canvas) -> None:
+        """The rod (blue) from the pivot, the upright target (green) and the torque arc."""
+        th = self.state[0]
+        tip = (-LENGTH * math.sin(th), LENGTH * math.cos(th))  # th counter-clockwise from up
+        canvas.line((0.0, 0.0), (-LENGTH * math.sin(self.target[0]),
+                                 LENGTH * math.cos(self.target[0])), TARGET, 3)
+        canvas.line((0.0, 0.0), tip, BODY, 12)
+        canvas.circle(tip, 0.08, BODY)
+        canvas.circle((0.0, 0.0), 0.05, DARK)

@@ -1,0 +1,59 @@
+"""Initial guesses for iLQR on non-convex problems: heuristic feedback controllers (energy
+pumping for swing-ups, with an LQR catch near the target) rolled out into open-loop plans.
+
+iLQR only finds a local optimum near its initial plan; on a swing-up, zero control or LQR from
+hanging is a poor start (it never leaves the bottom, or pushes the wrong way). A rollout of a
+crude but globally working feedback law gives the solver a plan in the right basin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from trc_gym.experts.lqr import finite_horizon_lqr
+from trc_gym.problem import ControlProblem
+
+Controller = Callable[[np.ndarray, int], np.ndarray]  # (x [B, n], step k) -> u [B, m]
+
+
+def closed_loop_plans(problem: ControlProblem, x0: np.ndarray,
+                      controller: Controller) -> np.ndarray:
+    """Plans ``U [B, N, m]``: the controls ``controller`` issues (clipped into the bound) while
+    driving the problem from ``x0 [B, n]`` for its horizon."""
+    x = problem.check_states(x0, "x0")
+    plan = []
+    for k in range(problem.horizon):
+        u = np.clip(controller(x, k), problem.u_low, problem.u_high)
+        plan.append(u)
+        x = problem.step(x, u)
+    return np.stack(plan, axis=1)
+
+
+def lqr_gain_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
+    """A stationary LQR gain ``K [m, n]`` (``u = u* - K e``) of the linearisation at the rest
+    state ``target [n]``: the first gain of the finite-horizon recursion over 4 horizons."""
+    u_star = problem.equilibrium_control(target[None])
+    A, B = (a[0] for a in problem.jacobians(target[None], u_star))
+    return finite_horizon_lqr(A, B, problem.Q, problem.R, problem.Qf, 4 * problem.horizon,
+                              problem.cost_weight)[0]
+
+
+def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controller,
+                    near: Callable[[np.ndarray], np.ndarray], kick: float = 0.0,
+                    kick_steps: int = 0) -> Controller:
+    """A swing-up controller: ``kick`` (a constant control, e.g. +-bound) for the first
+    ``kick_steps`` steps, then ``pump`` (an energy-shaping law) until ``near(x)`` says the state
+    is in the LQR's basin, then stationary LQR about ``target [B, n]`` (the targets must share
+    one rest state)."""
+    K = lqr_gain_at(problem, target[0])
+    u_star = problem.equilibrium_control(target[:1])[0]
+
+    def controller(x: np.ndarray, k: int) -> np.ndarray:
+        if k < kick_steps:
+            return np.full((len(x), problem.n_control), kick)
+        catch = u_star - problem.state_error_np(x, target) @ K.T
+        return np.where(near(x)[:, None], catch, pump(x, k))
+
+    return controller
