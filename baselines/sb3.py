@@ -317,7 +317,8 @@ def evaluate_batched(agent: Any, env_id: str, n_episodes: int = 500,
 
 
 class EvaluationCallback(BaseCallback):
-    """Every ``eval_freq`` env steps (and at the end): evaluate the current policy with frozen
+    """Every ``eval_freq`` env steps (at the first rollout start after it, so the policy has
+    learnt from every step counted) and at the end: evaluate the current policy with frozen
     normalisation on validation starts, keep the best (lowest mean cost) policy weights and
     statistics, save it to ``out_dir/best`` when given, and log the learning curve (validation
     and, when ``n_curve > 0``, test-start metrics) to ``out_dir/curve.csv``."""
@@ -342,11 +343,15 @@ class EvaluationCallback(BaseCallback):
     def _on_training_start(self) -> None:
         self.start = time.perf_counter()
 
-    def _on_step(self) -> bool:
+    def _on_rollout_start(self) -> None:
+        # Here, not in _on_step: the policy has been updated with every step counted so far
+        # (mid-rollout it would be the policy before the update that uses those steps).
         if self.num_timesteps >= self.next_eval:
             self.evaluate_now()
             while self.next_eval <= self.num_timesteps:
                 self.next_eval += self.eval_freq
+
+    def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:

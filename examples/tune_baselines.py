@@ -1,13 +1,17 @@
-"""Hyperparameter sweep for the SB3 baselines: short runs of candidate settings in parallel,
+"""Hyperparameter sweeps for the SB3 baselines: short runs of candidate settings in parallel,
 ranked by the gap on the VALIDATION starts (the test starts are never looked at here).
 
 Round 1 changes one setting of the current table entry at a time (``CANDIDATES``); round 2
-(``--rounds 2``) stacks the best round-1 changes greedily, best first, and reruns the stacks on
-``--seeds``. The winner goes into `baselines.hyperparameters.TUNED` by hand, with this
-script's report as its record.
+stacks the round-1 changes that beat the table greedily, best first, and reruns each stack on
+``--seeds``. Several sweeps (env, algorithm, budget, candidates) share one pool of workers;
+round-2 jobs go first as soon as their round 1 is complete. The winners go into
+`baselines.hyperparameters.TUNED` by hand, with this script's report as their record.
 
-    python examples/tune_baselines.py --env TRC-DoubleIntegrator-v0 --algo ppo \\
-        --workers 2 --rounds 2 --out results/tuning
+    python examples/tune_baselines.py --workers 2 --out results/tuning \
+        --sweep TRC-DoubleIntegrator-v0:ppo --sweep TRC-DoubleIntegrator-v0:sac:20000:table,lr=3e-4
+
+A sweep is ``ENV:ALGO[:TIMESTEPS[:CANDIDATE,...]]`` (default: the table's budget, every
+candidate).
 """
 
 from __future__ import annotations
@@ -16,54 +20,54 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-# One-setting changes from the table's entry, per algorithm (names are for the report).
+# One-setting changes from the table's entry, per algorithm.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
         "table": {},
-        "lr 3e-4": {"learning_rate": 3e-4},
-        "lr 3e-3": {"learning_rate": 3e-3},
-        "lr lin 1e-3": {"learning_rate": "lin_1e-3"},
-        "lr lin 3e-3": {"learning_rate": "lin_3e-3"},
-        "n_steps 128": {"n_steps": 128},
-        "n_steps 512": {"n_steps": 512},
-        "batch 64": {"batch_size": 64},
-        "batch 128": {"batch_size": 128},
-        "epochs 20": {"n_epochs": 20},
-        "epochs 5": {"n_epochs": 5},
-        "gamma 0.99": {"gamma": 0.99},
-        "gae 0.9": {"gae_lambda": 0.9},
-        "gae 0.99": {"gae_lambda": 0.99},
-        "clip 0.1": {"clip_range": 0.1},
-        "clip lin 0.2": {"clip_range": "lin_0.2"},
-        "log_std -2": {"policy_kwargs": {"log_std_init": -2.0}},
-        "log_std -0.5": {"policy_kwargs": {"log_std_init": -0.5}},
-        "net 128x128": {"policy_kwargs": {"net_arch": [128, 128]}},
-        "net 256x256": {"policy_kwargs": {"net_arch": [256, 256]}},
+        "lr=3e-4": {"learning_rate": 3e-4},
+        "lr=3e-3": {"learning_rate": 3e-3},
+        "lr=lin_1e-3": {"learning_rate": "lin_1e-3"},
+        "lr=lin_3e-3": {"learning_rate": "lin_3e-3"},
+        "n_steps=128": {"n_steps": 128},
+        "n_steps=512": {"n_steps": 512},
+        "batch=64": {"batch_size": 64},
+        "batch=128": {"batch_size": 128},
+        "epochs=20": {"n_epochs": 20},
+        "epochs=5": {"n_epochs": 5},
+        "gamma=0.99": {"gamma": 0.99},
+        "gae=0.9": {"gae_lambda": 0.9},
+        "gae=0.99": {"gae_lambda": 0.99},
+        "clip=0.1": {"clip_range": 0.1},
+        "clip=lin_0.2": {"clip_range": "lin_0.2"},
+        "log_std=-2": {"policy_kwargs": {"log_std_init": -2.0}},
+        "log_std=-0.5": {"policy_kwargs": {"log_std_init": -0.5}},
+        "net=128x128": {"policy_kwargs": {"net_arch": [128, 128]}},
+        "net=256x256": {"policy_kwargs": {"net_arch": [256, 256]}},
         "relu": {"policy_kwargs": {"activation_fn": "relu"}},
-        "no reward norm": {"normalize": {"norm_reward": False}},
-        "gSDE": {"use_sde": True, "sde_sample_freq": 4},
-        "vf_coef 1": {"vf_coef": 1.0},
+        "no_reward_norm": {"normalize": {"norm_reward": False}},
+        "gsde": {"use_sde": True, "sde_sample_freq": 4},
+        "vf_coef=1": {"vf_coef": 1.0},
     },
     "sac": {
         "table": {},
-        "lr 3e-4": {"learning_rate": 3e-4},
-        "lr lin 1e-3": {"learning_rate": "lin_1e-3"},
-        "batch 512": {"batch_size": 512},
-        "tau 0.005": {"tau": 0.005},
-        "tau 0.02": {"tau": 0.02},
-        "gamma 0.99": {"gamma": 0.99},
-        "net 64x64": {"policy_kwargs": {"net_arch": [64, 64]}},
-        "ent 0.01": {"ent_coef": 0.01},
-        "ent auto 0.01": {"ent_coef": "auto_0.01"},
-        "no reward norm": {"normalize": {"norm_reward": False}},
-        "starts 5000": {"learning_starts": 5000},
-        "grad steps 2": {"gradient_steps": 2},
-        "gSDE": {"use_sde": True, "policy_kwargs": {"log_std_init": -3.0}},
+        "lr=3e-4": {"learning_rate": 3e-4},
+        "lr=lin_1e-3": {"learning_rate": "lin_1e-3"},
+        "batch=512": {"batch_size": 512},
+        "tau=0.005": {"tau": 0.005},
+        "tau=0.02": {"tau": 0.02},
+        "gamma=0.99": {"gamma": 0.99},
+        "net=64x64": {"policy_kwargs": {"net_arch": [64, 64]}},
+        "ent=0.01": {"ent_coef": 0.01},
+        "ent=auto_0.01": {"ent_coef": "auto_0.01"},
+        "no_reward_norm": {"normalize": {"norm_reward": False}},
+        "starts=5000": {"learning_starts": 5000},
+        "grad_steps=2": {"gradient_steps": 2},
+        "gsde": {"use_sde": True, "policy_kwargs": {"log_std_init": -3.0}},
     },
 }
 
@@ -80,7 +84,10 @@ def merge(a: dict, b: dict) -> dict:
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one candidate (one process, one torch thread) and return its validation record."""
+    """Train one candidate (one process, one torch thread) and return its validation record;
+    a job handed out after its deadline is skipped."""
+    if time.time() > job["deadline"]:
+        return {**job, "skipped": True}
     import torch
 
     torch.set_num_threads(1)
@@ -89,43 +96,26 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     agent = train_agent(job["algo"], job["env"], job["timesteps"], seed=job["seed"],
                         progress_bar=False, n_curve=0, **job["overrides"])
-    curve = agent.info.get("validation") or {}
-    return {**job, "val_gap": curve.get("gap"), "val_success": curve.get("success_rate"),
+    validation = agent.info.get("validation") or {}
+    return {**job, "val_gap": validation.get("gap"),
+            "val_success": validation.get("success_rate"),
             "selected_at": agent.info["selected_at_env_steps"],
             "env_steps": agent.info["env_steps"], "wall_s": time.perf_counter() - start}
 
 
-def run_jobs(jobs: list[dict], workers: int, log: Path) -> list[dict]:
-    """Run ``jobs`` on ``workers`` processes, appending each result to ``log`` (JSON lines)."""
-    results = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, job): job for job in jobs}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as exc:  # a failed candidate is a result too, not a crash
-                result = {**futures[future], "error": repr(exc)}
-            results.append(result)
-            with open(log, "a") as f:
-                f.write(json.dumps(result) + "\n")
-            gap = result.get("val_gap")
-            print(f"{result['algo']} {result['name']!r} seed {result['seed']}: "
-                  f"val gap {'-' if gap is None else f'{gap:+.2%}'} "
-                  f"({result.get('wall_s', 0):.0f} s)", flush=True)
-    return results
-
-
 def summarise(results: list[dict]) -> list[dict]:
-    """One row per candidate name: mean and worst validation gap over seeds, best first."""
+    """One row per candidate: mean and worst validation gap over seeds, best first."""
     rows: dict[str, dict] = {}
     for r in results:
         row = rows.setdefault(r["name"], {"name": r["name"], "overrides": r["overrides"],
-                                          "gaps": [], "walls": [], "errors": []})
+                                          "gaps": [], "walls": [], "selected": [],
+                                          "errors": []})
         if r.get("val_gap") is None:
-            row["errors"].append(r.get("error", "no validation"))
+            row["errors"].append(r.get("error", "skipped" if r.get("skipped") else "-"))
         else:
             row["gaps"].append(r["val_gap"])
             row["walls"].append(r["wall_s"])
+            row["selected"].append(r["selected_at"])
     for row in rows.values():
         gaps = row["gaps"] or [float("inf")]
         row["mean_gap"], row["worst_gap"] = sum(gaps) / len(gaps), max(gaps)
@@ -133,57 +123,116 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def report(rows: list[dict], title: str) -> str:
-    lines = [f"### {title}", "", "| candidate | changes | mean val gap | worst | seeds | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"#### {title}", "", "| candidate | changes | mean val gap | worst | runs | "
+             "selected at (steps) | s/run |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         wall = sum(row["walls"]) / len(row["walls"]) if row["walls"] else float("nan")
         changes = json.dumps(row["overrides"]) if row["overrides"] else "(table)"
-        lines.append(f"| {row['name']} | `{changes}` | {row['mean_gap']:+.2%} | "
-                     f"{row['worst_gap']:+.2%} | {len(row['gaps'])} | {wall:.0f} |")
+        note = f" ({'; '.join(sorted(set(row['errors'])))})" if row["errors"] else ""
+        selected = ", ".join(str(int(s)) for s in row["selected"]) or "-"
+        lines.append(f"| {row['name']}{note} | `{changes}` | {row['mean_gap']:+.2%} | "
+                     f"{row['worst_gap']:+.2%} | {len(row['gaps'])} | {selected} | {wall:.0f} |")
     return "\n".join(lines)
+
+
+class Sweep:
+    """One (env, algorithm, budget, candidates) sweep: its jobs, results and round-2 stacks."""
+
+    def __init__(self, spec: str, index: int, seeds: list[int], top: int, rounds: int):
+        from baselines.hyperparameters import hyperparameters
+
+        parts = spec.split(":")
+        if len(parts) < 2 or parts[1] not in CANDIDATES:
+            raise ValueError(f"bad sweep {spec!r}: use ENV:ALGO[:TIMESTEPS[:CANDIDATE,...]]")
+        self.env, self.algo, self.index = parts[0], parts[1], index
+        self.timesteps = (int(float(parts[2])) if len(parts) > 2 and parts[2]
+                          else hyperparameters(self.env, self.algo)["n_timesteps"])
+        names = parts[3].split(",") if len(parts) > 3 else list(CANDIDATES[self.algo])
+        unknown = [n for n in names if n not in CANDIDATES[self.algo]]
+        if unknown:
+            raise ValueError(f"unknown {self.algo} candidate(s) {unknown}; "
+                             f"known: {list(CANDIDATES[self.algo])}")
+        self.candidates = {n: CANDIDATES[self.algo][n] for n in ["table", *names]}
+        self.seeds, self.top, self.rounds = seeds, top, rounds
+        self.results: dict[int, list[dict]] = {1: [], 2: []}
+        self.outstanding = {1: 0, 2: 0}
+
+    def jobs(self, round_: int, deadline: float) -> list[dict]:
+        base = {"algo": self.algo, "env": self.env, "timesteps": self.timesteps,
+                "sweep": self.index, "round": round_, "deadline": deadline}
+        if round_ == 1:
+            specs = [(n, ch, self.seeds[0]) for n, ch in self.candidates.items()]
+        else:
+            round1 = summarise(self.results[1])
+            table_gap = next(r["mean_gap"] for r in round1 if r["name"] == "table")
+            better = [r for r in round1 if r["name"] != "table" and r["mean_gap"] < table_gap]
+            stacks, changes, names = [("table", {})], {}, []
+            for row in better[:self.top]:
+                changes, names = merge(changes, row["overrides"]), [*names, row["name"]]
+                stacks.append((" + ".join(names), changes))
+            specs = [(n, ch, seed) for n, ch in stacks for seed in self.seeds]
+        self.outstanding[round_] = len(specs)
+        return [{**base, "name": n, "overrides": ch, "seed": seed} for n, ch, seed in specs]
+
+    def text(self) -> str:
+        out = [f"### {self.env} {self.algo.upper()}: {self.timesteps} env steps per run", "",
+               report(summarise(self.results[1]),
+                      f"Round 1: one change at a time (seed {self.seeds[0]})")]
+        if self.results[2]:
+            out += ["", report(summarise(self.results[2]),
+                               f"Round 2: best changes stacked (seeds {self.seeds})")]
+        return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    parser.add_argument("--algo", choices=sorted(CANDIDATES), default="ppo")
-    parser.add_argument("--timesteps", type=int, default=None, help="default: the table's")
+    parser.add_argument("--sweep", action="append", required=True,
+                        help="ENV:ALGO[:TIMESTEPS[:CANDIDATE,...]] (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rounds", type=int, choices=(1, 2), default=2)
-    parser.add_argument("--top", type=int, default=4, help="round-2 stack depth")
-    parser.add_argument("--only", nargs="*", default=None, help="round-1 candidate names")
+    parser.add_argument("--top", type=int, default=3, help="round-2 stack depth")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="seconds after which no new run starts")
     parser.add_argument("--out", default="results/tuning")
     args = parser.parse_args()
 
-    from baselines.hyperparameters import hyperparameters
-
-    timesteps = args.timesteps or hyperparameters(args.env, args.algo)["n_timesteps"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.env}_{args.algo}"
-    log = out / f"{stem}.jsonl"
-    candidates = {k: v for k, v in CANDIDATES[args.algo].items()
-                  if args.only is None or k in args.only or k == "table"}
-    base = {"algo": args.algo, "env": args.env, "timesteps": timesteps}
-    jobs = [{**base, "name": name, "overrides": changes, "seed": args.seeds[0], "round": 1}
-            for name, changes in candidates.items()]
-    round1 = summarise(run_jobs(jobs, args.workers, log))
-    text = [f"## {args.env} {args.algo.upper()}: {timesteps} env steps per run", "",
-            report(round1, f"Round 1: one change at a time (seed {args.seeds[0]})")]
-    if args.rounds == 2:
-        table_gap = next(r["mean_gap"] for r in round1 if r["name"] == "table")
-        better = [r for r in round1 if r["name"] != "table" and r["mean_gap"] < table_gap]
-        stacks, changes, names = [], {}, []
-        for row in better[:args.top]:
-            changes, names = merge(changes, row["overrides"]), [*names, row["name"]]
-            stacks.append((" + ".join(names), changes))
-        jobs = [{**base, "name": name, "overrides": ch, "seed": seed, "round": 2}
-                for name, ch in [("table", {}), *stacks] for seed in args.seeds]
-        round2 = summarise(run_jobs(jobs, args.workers, log))
-        text += ["", report(round2, f"Round 2: best changes stacked (seeds {args.seeds})")]
-    (out / f"{stem}.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    deadline = time.time() + args.deadline
+    sweeps = [Sweep(spec, i, args.seeds, args.top, args.rounds)
+              for i, spec in enumerate(args.sweep)]
+    queue = [job for sweep in sweeps for job in sweep.jobs(1, deadline)]
+    running: dict = {}
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        while queue or running:
+            queue.sort(key=lambda j: (-j["round"], j["sweep"]))  # round 2 first, then order
+            while queue and len(running) < args.workers:
+                job = queue.pop(0)
+                running[pool.submit(run_one, job)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # a failed candidate is a result, not a crash
+                    result = {**job, "error": repr(exc)}
+                sweep = sweeps[job["sweep"]]
+                sweep.results[job["round"]].append(result)
+                sweep.outstanding[job["round"]] -= 1
+                with open(out / "sweep.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                gap = result.get("val_gap")
+                print(f"{job['env']} {job['algo']} r{job['round']} {job['name']!r} seed "
+                      f"{job['seed']}: val gap {'-' if gap is None else f'{gap:+.2%}'} "
+                      f"({result.get('wall_s', 0):.0f} s)", flush=True)
+                if (job["round"] == 1 and sweep.outstanding[1] == 0 and args.rounds == 2
+                        and any(r["name"] == "table" and r.get("val_gap") is not None
+                                for r in sweep.results[1])):
+                    queue += sweep.jobs(2, deadline)
+                text = "\n\n".join(s.text() for s in sweeps)
+                (out / "sweep.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
