@@ -10,8 +10,8 @@ round-2 jobs go first as soon as their round 1 is complete. The winners go into
     python examples/tune_baselines.py --workers 2 --out results/tuning \
         --sweep TRC-DoubleIntegrator-v0:ppo --sweep TRC-DoubleIntegrator-v0:sac:20000:table,lr=3e-4
 
-A sweep is ``ENV:ALGO[:TIMESTEPS[:CANDIDATE,...]]`` (default: the table's budget, every
-candidate).
+A sweep is ``ENV:ALGO[:TIMESTEPS[:CANDIDATE,...[:ROUNDS]]]`` (default: the table's budget,
+every candidate, ``--rounds``).
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ class Sweep:
         parts = spec.split(":")
         if len(parts) < 2 or parts[1] not in CANDIDATES:
             raise ValueError(f"bad sweep {spec!r}: use ENV:ALGO[:TIMESTEPS[:CANDIDATE,...]]")
+        if len(parts) > 3 and not parts[3]:
+            parts[3] = ",".join(CANDIDATES[parts[1]])
         self.env, self.algo, self.index = parts[0], parts[1], index
         self.timesteps = (int(float(parts[2])) if len(parts) > 2 and parts[2]
                           else hyperparameters(self.env, self.algo)["n_timesteps"])
@@ -153,7 +155,8 @@ class Sweep:
             raise ValueError(f"unknown {self.algo} candidate(s) {unknown}; "
                              f"known: {list(CANDIDATES[self.algo])}")
         self.candidates = {n: CANDIDATES[self.algo][n] for n in ["table", *names]}
-        self.seeds, self.top, self.rounds = seeds, top, rounds
+        self.seeds, self.top = seeds, top
+        self.rounds = int(parts[4]) if len(parts) > 4 else rounds
         self.results: dict[int, list[dict]] = {1: [], 2: []}
         self.outstanding = {1: 0, 2: 0}
 
@@ -226,7 +229,7 @@ def main() -> None:
                 print(f"{job['env']} {job['algo']} r{job['round']} {job['name']!r} seed "
                       f"{job['seed']}: val gap {'-' if gap is None else f'{gap:+.2%}'} "
                       f"({result.get('wall_s', 0):.0f} s)", flush=True)
-                if (job["round"] == 1 and sweep.outstanding[1] == 0 and args.rounds == 2
+                if (job["round"] == 1 and sweep.outstanding[1] == 0 and sweep.rounds == 2
                         and any(r["name"] == "table" and r.get("val_gap") is not None
                                 for r in sweep.results[1])):
                     queue += sweep.jobs(2, deadline)
