@@ -84,8 +84,6 @@ POLE_MASS_LENGTH = POLE_MASS * HALF_LENGTH
 
 
 class CartPoleProblem(NonlinearProblem):
-    ilqr_options = {"max_iter": 200}  # noqa: RUF012
-
     def __init__(self, random_target: bool = False):
         self.random_target = random_target
         super().__init__(

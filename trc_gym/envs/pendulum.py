@@ -78,8 +78,6 @@ def wrap_angle(a: Tensor) -> Tensor:
 
 
 class PendulumProblem(NonlinearProblem):
-    ilqr_options = {"max_iter": 200}  # noqa: RUF012
-
     def __init__(self):
         super().__init__(
             name="Pendulum", state_names=("angle", "angular_velocity"),

@@ -5,7 +5,7 @@ The objective is the problem's cost plus its soft state-constraint terms,
     F(U) = J(x0, x*, U) + problem.penalty_torch(X(U), x*),
 
 minimised over plans ``U`` inside the control box, on the smooth trajectory ``X(U)`` (the
-dynamics run on through failure states, ``rollout_torch(..., terminate=False)``: the penalty,
+dynamics run on through failure states (``rollout_torch(..., terminate=False)``): the penalty,
 not the env's early termination, keeps the solver away from them).
 
 One iteration, for every unconverged start at once (tensors ``[B, ...]``, no loop over starts):
@@ -64,7 +64,7 @@ def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np
         x0_t = torch.from_numpy(x0)
         tgt = torch.from_numpy(target)
         U = problem.clip_controls(torch.from_numpy(U_init).clone())
-        X = problem.rollout_torch(x0_t, U, terminate=False)
+        X = _smooth_rollout(problem, x0_t, U)
         J = objective_torch(problem, X, tgt, U)
         mu = torch.zeros(len(x0), dtype=DTYPE)
         active = torch.ones(len(x0), dtype=torch.bool)
@@ -106,6 +106,14 @@ def ilqr_expert_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarra
     candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
     scores = np.stack([_score(problem, x0, target, plan) for plan in candidates])
     return candidates[scores.argmin(axis=0), np.arange(B)]
+
+
+def _smooth_rollout(problem: ControlProblem, x0: Tensor, U: Tensor) -> Tensor:
+    """States ``[B, N+1, n]`` with the dynamics run on through failure states."""
+    states = [x0]
+    for t in range(U.shape[1]):
+        states.append(problem.step_torch(states[-1], U[:, t]))
+    return torch.stack(states, dim=1)
 
 
 def _score(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
@@ -201,45 +209,54 @@ def _has_penalty(problem: ControlProblem) -> bool:
 
 
 def _backward(problem, U, mu, A, Bu, lx, lxx, lu, luu):
-    """Box-constrained backward pass. Returns feedforward ``k [B, N, m]``, gains
+    """Box-constrained backward pass (in numpy: many tiny batched products, where numpy's
+    per-call overhead is lower than torch's). Returns feedforward ``k [B, N, m]``, gains
     ``K [B, N, m, n]``, the expected-change coefficients ``dV1, dV2 [B]`` and whether ``Quu +
-    mu I`` was positive definite at every step ``[B]``."""
+    mu I`` was positive definite at every step ``[B]`` (all as tensors)."""
+    U, mu, A, Bu, lx, lxx, lu, luu = (t.numpy() for t in (U, mu, A, Bu, lx, lxx, lu, luu))
     Bsz, N, m = U.shape
-    c = problem.constants(U)
-    eye = torch.eye(m, dtype=U.dtype)
-    Vx, Vxx = lx[:, -1], lxx[:, -1]
-    k_all = torch.zeros_like(U)
-    K_all = torch.zeros(Bsz, N, m, A.shape[-1], dtype=U.dtype)
-    dV1 = torch.zeros(Bsz, dtype=U.dtype)
-    dV2 = torch.zeros(Bsz, dtype=U.dtype)
-    ok = torch.ones(Bsz, dtype=torch.bool)
+    eye = np.eye(m)
+    Vx, Vxx = lx[:, -1, :, None], lxx[:, -1]  # Vx as a column [B, n, 1]
+    k_all = np.zeros_like(U)
+    K_all = np.zeros((Bsz, N, m, A.shape[-1]))
+    dV1, dV2 = np.zeros(Bsz), np.zeros(Bsz)
+    ok = np.ones(Bsz, dtype=bool)
+    AT, BT = A.swapaxes(-1, -2), Bu.swapaxes(-1, -2)
+    lo_all, hi_all = problem.u_low - U, problem.u_high - U
     for t in range(N - 1, -1, -1):
-        At, Bt = A[:, t], Bu[:, t]
-        AtT, BtT = At.transpose(1, 2), Bt.transpose(1, 2)
-        Qx = lx[:, t] + (AtT @ Vx[..., None])[..., 0]
-        Qu = lu[:, t] + (BtT @ Vx[..., None])[..., 0]
-        Qxx = lxx[:, t] + AtT @ Vxx @ At
-        Quu = luu + BtT @ Vxx @ Bt
-        Qux = BtT @ Vxx @ At
-        Quu = 0.5 * (Quu + Quu.transpose(1, 2))
+        VxxA, VxxB = Vxx @ A[:, t], Vxx @ Bu[:, t]
+        Qx = lx[:, t, :, None] + AT[:, t] @ Vx
+        Qu = lu[:, t, :, None] + BT[:, t] @ Vx
+        Qxx = lxx[:, t] + AT[:, t] @ VxxA
+        Quu = luu + BT[:, t] @ VxxB
+        Quu = 0.5 * (Quu + Quu.swapaxes(-1, -2))
+        Qux = BT[:, t] @ VxxA
         H = Quu + mu[:, None, None] * eye
-        pd = torch.linalg.cholesky_ex(H).info == 0
+        if m == 1:
+            pd = H[:, 0, 0] > 0.0
+            H = np.where(pd[:, None, None], H, 1.0)
+            k = np.clip(-Qu[:, :, 0] / H[:, 0], lo_all[:, t], hi_all[:, t])
+            free = (k > lo_all[:, t]) & (k < hi_all[:, t])
+            K = np.where(free[:, :, None], -Qux / H, 0.0)
+        else:
+            pd = np.linalg.eigvalsh(H)[:, 0] > 0.0
+            H = np.where(pd[:, None, None], H, eye)  # keep the solves well posed
+            k, free = (a.numpy() for a in box_qp(
+                *(torch.from_numpy(np.ascontiguousarray(a)) for a in (
+                    H, Qu[:, :, 0], lo_all[:, t], hi_all[:, t], k_all[:, t]))))
+            pair = free[:, :, None] & free[:, None, :]
+            K = np.linalg.solve(np.where(pair, H, eye), np.where(free[:, :, None], -Qux, 0.0))
         ok &= pd
-        H = torch.where(pd[:, None, None], H, eye.expand_as(H))  # keep the solve well posed
-        lo, hi = c["u_low"] - U[:, t], c["u_high"] - U[:, t]
-        k, free = box_qp(H, Qu, lo, hi, k_all[:, t])
-        pair = free[:, :, None] & free[:, None, :]
-        Hf = torch.where(pair, H, eye.expand_as(H))
-        K = torch.linalg.solve(Hf, torch.where(free[:, :, None], -Qux, 0.0))
         k_all[:, t], K_all[:, t] = k, K
-        KT = K.transpose(1, 2)
-        dV1 = dV1 + (k * Qu).sum(-1)
-        dV2 = dV2 + 0.5 * (k[:, None, :] @ Quu @ k[..., None])[:, 0, 0]
-        Vx = (Qx + (KT @ Quu @ k[..., None])[..., 0] + (KT @ Qu[..., None])[..., 0]
-              + (Qux.transpose(1, 2) @ k[..., None])[..., 0])
-        Vxx = Qxx + KT @ Quu @ K + KT @ Qux + Qux.transpose(1, 2) @ K
-        Vxx = 0.5 * (Vxx + Vxx.transpose(1, 2))
-    return k_all, K_all, dV1, dV2, ok
+        kc = k[:, :, None]
+        KT = K.swapaxes(-1, -2)
+        dV1 += (kc * Qu).sum((1, 2))
+        dV2 += 0.5 * (kc * (Quu @ kc)).sum((1, 2))
+        QuuK = Quu @ K
+        Vx = Qx + KT @ (Quu @ kc) + KT @ Qu + Qux.swapaxes(-1, -2) @ kc
+        Vxx = Qxx + KT @ QuuK + KT @ Qux + Qux.swapaxes(-1, -2) @ K
+        Vxx = 0.5 * (Vxx + Vxx.swapaxes(-1, -2))
+    return tuple(torch.from_numpy(a) for a in (k_all, K_all, dV1, dV2, ok))
 
 
 def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = None,
