@@ -250,7 +250,7 @@ class ControlProblem:
         with torch.no_grad():
             dead = self.failed_by_torch(torch.as_tensor(np.asarray(states, dtype=np.float64)))
         if dead is None:
-            return np.ones(np.shape(states)[:1] + (np.shape(states)[1] - 1,), dtype=bool)
+            return np.ones((len(states), np.shape(states)[1] - 1), dtype=bool)
         return ~dead[:, :-1].numpy()
 
     def observation_extras(self) -> np.ndarray:

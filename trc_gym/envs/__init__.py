@@ -10,6 +10,9 @@ ENV_ENTRY_POINTS: dict[str, str] = {
     "TRC-VanDerPol-v0": "trc_gym.envs.van_der_pol:VanDerPolEnv",
     "TRC-Pendulum-v0": "trc_gym.envs.pendulum:PendulumEnv",
     "TRC-CartPole-v0": "trc_gym.envs.cart_pole:CartPoleEnv",
+    "TRC-Quadrotor2D-v0": "trc_gym.envs.quadrotor_2d:Quadrotor2DEnv",
+    "TRC-Rocket-v0": "trc_gym.envs.rocket:RocketEnv",
+    "TRC-ObstacleNav-v0": "trc_gym.envs.obstacle_nav:ObstacleNavEnv",
 }
 
 

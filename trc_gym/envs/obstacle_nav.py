@@ -73,6 +73,8 @@ each flown by a clipped PD law; the best successful, collision-free plan per sta
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -92,7 +94,7 @@ A_MAX = 2.0  # m/s^2 per axis
 GOAL = np.array([4.0, 0.0, 0.0, 0.0])
 COLLISION_PENALTY = 1000.0
 BARRIER_WEIGHT, BARRIER_MARGIN = 1000.0, 0.1  # expert only: per m^2, m
-VIA_X, VIA_YS = 0.0, np.linspace(-3.5, 3.5, 8)  # detour via points of the initial guesses
+VIA_X, VIA_YS = 0.0, (-2.5, 0.0, 2.5)  # detour via points of the initial guesses
 
 
 class ObstacleNavProblem(NonlinearProblem):
@@ -181,7 +183,7 @@ class ObstacleNavProblem(NonlinearProblem):
         x = self.check_states(x0, "x0")
         points = [x[:, :2]] + ([np.broadcast_to(via, x[:, :2].shape)] if via is not None
                                else []) + [target[:, :2]]
-        legs = [np.linalg.norm(b - a, axis=1) for a, b in zip(points[:-1], points[1:])]
+        legs = [np.linalg.norm(b - a, axis=1) for a, b in itertools.pairwise(points)]
         total = np.maximum(sum(legs), 1e-9)
         arrive = 0.8 * self.horizon * self.dt
         kp, kd = 4.0, 4.0
@@ -215,7 +217,7 @@ class ObstacleNavEnv(ControlEnv):
             canvas.circle((cx, cy), r, WARN if collided else (150, 150, 150))
         canvas.circle(tuple(self.target[:2]), 0.15, TARGET)
         path = [tuple(s[:2]) for s in self.trajectory]
-        for a, b in zip(path[:-1], path[1:]):
+        for a, b in itertools.pairwise(path):
             canvas.line(a, b, DARK, 2)
         px, py, vx, vy = self.state
         canvas.circle((px, py), 0.12, BODY)

@@ -50,9 +50,10 @@ either. (Only hover targets, level and at rest, can be held; no other is offered
 ``terminated`` after N = 60 steps. Success: ``||x_N - x*||_2 < 0.1`` (pitch wrapped).
 
 ## Expert
-Box-constrained iLQR (`trc_gym.experts.ilqr`) started from the clipped finite-horizon LQR of
-the linearisation at the hover (thrusts ``m g / 2`` each) and from the plain hover thrusts; the
-best plan per start is kept.
+Box-constrained iLQR (`trc_gym.experts.ilqr`) started from a gentle cascaded flight controller
+(position PD at 1.5 rad/s asking for a tilt and collective thrust, pitch PD at 10 rad/s) flown
+closed loop, and from the clipped finite-horizon LQR of the linearisation at the hover (thrusts
+``m g / 2`` each); the best plan per start is kept.
 
 ## Parameters
 | name | value | unit |
@@ -68,6 +69,7 @@ best plan per start is kept.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -130,11 +132,33 @@ class Quadrotor2DProblem(NonlinearProblem):
         return targets
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
-        """Clipped LQR about the hover, and the plain hover thrusts."""
+        """A gentle cascaded flight controller (`cascade_controller`) flown closed loop, and
+        the clipped LQR about the hover."""
+        from trc_gym.experts.guesses import closed_loop_plans
         from trc_gym.experts.lqr import clipped_lqr_plans
 
-        hover = np.full((len(x0), self.horizon, 2), HOVER)
-        return [clipped_lqr_plans(self, x0, target), hover]
+        return [closed_loop_plans(self, x0, cascade_controller(target)),
+                clipped_lqr_plans(self, x0, target)]
+
+
+def cascade_controller(target: np.ndarray, omega: float = 1.5, omega_pitch: float = 10.0,
+                       max_tilt: float = math.pi / 3):
+    """The textbook cascaded quadrotor controller, a controller ``(x [B, 6], k) -> u [B, 2]``:
+    a critically damped PD law (natural frequency ``omega``, rad/s) asks for an acceleration
+    towards the hover at ``target [B, 6]``; the body tilts to point its thrust along it (at
+    most ``max_tilt``) with the matching collective thrust, and a faster PD law on the pitch
+    (``omega_pitch``) sets the thrust difference. Slow position gains keep it from saturating,
+    which makes it a good initial guess from every start of the box."""
+    def controller(x: np.ndarray, k: int) -> np.ndarray:
+        accel = (omega**2 * (target[:, :2] - x[:, :2])
+                 + 2.0 * omega * (target[:, 3:5] - x[:, 3:5]))
+        accel[:, 1] = np.maximum(accel[:, 1] + GRAVITY, 0.2 * GRAVITY)  # never ask to fall
+        pitch = np.clip(np.arctan2(-accel[:, 0], accel[:, 1]), -max_tilt, max_tilt)
+        collective = MASS * np.linalg.norm(accel, axis=1)
+        torque = INERTIA * (omega_pitch**2 * (pitch - x[:, 2]) - 2.0 * omega_pitch * x[:, 5])
+        return np.stack([collective - torque / ARM, collective + torque / ARM], axis=1) / 2.0
+
+    return controller
 
 
 class Quadrotor2DEnv(ControlEnv):
@@ -150,7 +174,7 @@ class Quadrotor2DEnv(ControlEnv):
         canvas.line((tx - 0.2, tz), (tx + 0.2, tz), TARGET, 3)
         canvas.line((tx, tz - 0.2), (tx, tz + 0.2), TARGET, 3)
         path = [tuple(s[:2]) for s in self.trajectory]
-        for a, b in zip(path[:-1], path[1:]):
+        for a, b in itertools.pairwise(path):
             canvas.line(a, b, (170, 170, 170), 1)
         c, s = math.cos(th), math.sin(th)
         canvas.rect((x, z), 2 * ARM, 0.06, DARK, th)

@@ -9,15 +9,16 @@ it down. Continuous dynamics, integrated by RK4 with the thrust held over each s
     r' = v,        v' = T / m + g,        m' = -||T||_eps / (Isp g0)
 
 with ``g = [0, 0, -3.71] m/s^2``, ``Isp = 200.7 s``, ``g0 = 9.81 m/s^2`` and the smooth norm
-``||T||_eps = sqrt(T'T + eps)``, ``eps = 1e-6 kN^2`` (differentiable at zero thrust; it burns
-at most 0.5 g of fuel per minute more than the exact norm). Units are chosen so that these
-equations hold as written: thrust in kN and mass in tonnes (kN / t = m/s^2, kN / (m/s) = t/s).
+``||T||_eps = sqrt(T'T + eps)``, ``eps = 1e-6 kN^2`` (differentiable at zero thrust; it
+burns at most 0.5 g of fuel per second more than the exact norm, 20 g per episode). Units are
+chosen so that these equations hold as written: thrust in kN and mass in tonnes
+(kN / t = m/s^2, kN / (m/s) = t/s).
 ``z`` is the altitude above the flat ground; the pad is at ``x = y = 0``.
 
 The thrust bound is a **per-axis box** (so the iLQR expert stays box-constrained):
 ``Tx, Ty in [-5, 5] kN`` (lateral), ``Tz in [0, 16] kN`` (vertical: the engine cannot pull
-down). The largest thrust, at a corner, is 17.5 kN, a thrust-to-weight ratio up to about 2.6
-on Mars. Fuel cannot run out within the horizon (the most the engine can burn in 40 s is
+down). The largest thrust, at a corner, is 17.5 kN, a thrust-to-weight ratio of about 2.6 on
+Mars at the lightest start. Fuel cannot run out within the horizon (the most the engine can burn in 40 s is
 0.36 t; the lightest start carries 1.8 t, a dry mass is not modelled).
 
 ## Observation space
@@ -79,6 +80,8 @@ is kept.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -206,14 +209,16 @@ class RocketEnv(ControlEnv):
         return obs, reward, terminated, truncated, info
 
     def draw(self, canvas) -> None:
-        """Side view (x, z): ground, pad, the path so far and the lander (drawn 40 m tall,
+        """Side view (x, z): ground, pad (with a flag), the path so far and the lander (drawn 40 m tall,
         pointing along its thrust) with its flame (5 m per kN); top-right inset: the
         top view (x, y) of the path, pad at its centre."""
         ground = (150, 120, 90)
         canvas.polygon([(-450, 0), (450, 0), (450, -50), (-450, -50)], ground)
-        canvas.line((-PAD_RADIUS * 4, 0), (PAD_RADIUS * 4, 0), TARGET, 6)
+        canvas.line((-PAD_RADIUS, 0), (PAD_RADIUS, 0), TARGET, 8)  # the pad, and its flag
+        canvas.line((0.0, 0.0), (0.0, 60.0), DARK, 2)
+        canvas.polygon([(0.0, 60.0), (30.0, 50.0), (0.0, 40.0)], TARGET)
         path = np.stack(self.trajectory)
-        for a, b in zip(path[:-1], path[1:]):
+        for a, b in itertools.pairwise(path):
             canvas.line((a[0], a[2]), (b[0], b[2]), (170, 170, 170), 1)
         x, z = self.state[0], self.state[2]
         axis = np.array([self.thrust[0], self.thrust[2]])
@@ -230,6 +235,6 @@ class RocketEnv(ControlEnv):
         canvas.polygon([top(-200, -200), top(200, -200), top(200, 200), top(-200, 200)],
                        DARK, 1)
         canvas.circle(top(0.0, 0.0), 95.0 * PAD_RADIUS / 200.0 + 2.0, TARGET)
-        for a, b in zip(path[:-1], path[1:]):
+        for a, b in itertools.pairwise(path):
             canvas.line(top(a[0], a[1]), top(b[0], b[1]), (170, 170, 170), 1)
         canvas.circle(top(self.state[0], self.state[1]), 5.0, BODY)
