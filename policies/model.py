@@ -126,7 +126,9 @@ class TinyRecursiveControl(nn.Module):
         self.error_encoder = mlp(steps_per_token * (2 * n + m + 3), config.hidden_dim, d)
         self.reasoning = RecursiveReasoning(config)
         self.control_decoder = mlp(d, config.hidden_dim, steps_per_token * m)
-        self.z_init = nn.Parameter(0.02 * torch.randn(d))
+        # Fixed, as in TRM: with T >= 2 the first cycles run without gradients, so a learned
+        # initial reasoning latent would never receive one.
+        self.register_buffer("z_init", torch.randn(d) / d**0.5)
 
     # ------------------------------------------------------------------ pieces
     def squash(self, pre: Tensor) -> Tensor:
@@ -194,7 +196,7 @@ class TinyRecursiveControl(nn.Module):
         """Parameters per component (and ``total``)."""
         parts = {"state_encoder": [self.state_encoder, self.token_embedding],
                  "error_encoder": [self.error_encoder],
-                 "recursive_reasoning": [self.reasoning, self.z_init],
+                 "recursive_reasoning": [self.reasoning],
                  "control_decoder": [self.control_decoder],
                  "initial_generator": [self.initial_generator]}
         counts = {}

@@ -57,7 +57,7 @@ class TRCPolicy(PlanningPolicy):
         x0 = self.problem.check_states(x0, "x0")
         target = self.problem.check_states(target, "target", batch=len(x0))
         self.model.eval()
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self.model(torch.as_tensor(x0, dtype=torch.float32),
                              torch.as_tensor(target, dtype=torch.float32))
         return [u.double().numpy() for u in out["iterates"]]

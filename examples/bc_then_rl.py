@@ -1,0 +1,277 @@
+"""The main job: clone the expert into a TRC planner, fine-tune it with GRPO, train SB3 PPO on
+the same env, and compare everything on the same held-out starts.
+
+    python examples/bc_then_rl.py                       # TRC-DoubleIntegrator-v0 -> runs/DoubleIntegrator
+    python examples/bc_then_rl.py --env TRC-VanDerPol-v0
+    python examples/bc_then_rl.py --quick               # a short smoke run
+
+Writes into ``--out``: ``data.npz`` (expert demonstrations, reused when present),
+``trc_bc.pt`` and ``trc_rl.pt`` (load with ``policies.load_policy``), ``ppo/`` (the SB3 agent),
+``results.json`` (every metric, budget and the command), ``table.md`` and PNG plots:
+``learning_curves.png``, ``trajectories.png``, ``refinement.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import trc_gym
+from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
+from policies import BCConfig, GRPOConfig, TRCPolicy, finetune, load_policy, train_bc
+from policies.bc import evaluate_iterates
+from trc_gym import datasets
+from trc_gym.evaluation import HELD_OUT_SEED
+
+
+@dataclass
+class Budget:
+    samples: int
+    bc_epochs: int
+    rl_iterations: int
+    ppo_steps: int | None  # None: the tuned budget of baselines.hyperparameters
+    episodes: int
+
+
+FULL = Budget(samples=10_000, bc_epochs=150, rl_iterations=100, ppo_steps=None, episodes=1000)
+QUICK = Budget(samples=1000, bc_epochs=3, rl_iterations=3, ppo_steps=1024, episodes=50)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="TRC-DoubleIntegrator-v0", choices=trc_gym.ENV_IDS)
+    parser.add_argument("--out", default=None, help="output folder (default runs/<env name>)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    parser.add_argument("--size", default="small", choices=["small", "medium", "large"])
+    parser.add_argument("--samples", type=int, help="expert demonstrations")
+    parser.add_argument("--bc-epochs", type=int)
+    parser.add_argument("--rl-iterations", type=int)
+    parser.add_argument("--ppo-steps", type=int, help="PPO env steps (default: tuned budget)")
+    parser.add_argument("--no-ppo", action="store_true", help="skip the PPO baseline")
+    parser.add_argument("--episodes", type=int, help="held-out starts to evaluate on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    for key in ("samples", "bc_epochs", "rl_iterations", "ppo_steps", "episodes"):
+        if getattr(args, key) is not None:
+            setattr(budget, key, getattr(args, key))
+    env_id = args.env
+    out = Path(args.out or f"runs/{env_id.removeprefix('TRC-').removesuffix('-v0')}")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    torch.manual_seed(args.seed)
+    timings: dict[str, float] = {}
+
+    # 1. Expert demonstrations (reused when the file matches).
+    data_path = out / "data.npz"
+    start = time.perf_counter()
+    data = _load_matching(data_path, env_id, budget.samples, args.seed)
+    if data is None:
+        data = datasets.generate(env_id, budget.samples, seed=args.seed, progress=progress)
+        datasets.save(data, data_path)
+    timings["data_seconds"] = time.perf_counter() - start
+
+    # 2. Behaviour cloning.
+    start = time.perf_counter()
+    policy = TRCPolicy.create(env_id, args.size)
+    bc_history = train_bc(policy, data, BCConfig(epochs=budget.bc_epochs, seed=args.seed),
+                          run_dir=out / "trc_bc.run", progress=progress)
+    policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start
+    policy.save(out / "trc_bc.pt")
+
+    # 3. GRPO fine-tuning of a copy of the cloned planner.
+    start = time.perf_counter()
+    tuned = load_policy(out / "trc_bc.pt")
+    rl_history = finetune(tuned, GRPOConfig(iterations=budget.rl_iterations, seed=args.seed),
+                          run_dir=out / "trc_rl.run", progress=progress)
+    tuned.metadata["rl_seconds"] = timings["rl_seconds"] = time.perf_counter() - start
+    tuned.save(out / "trc_rl.pt")
+
+    # 4. The SB3 PPO baseline on the same env, with its tuned settings.
+    ppo = None
+    if not args.no_ppo:
+        from baselines.sb3 import train_ppo
+
+        ppo = train_ppo(env_id, budget.ppo_steps, seed=args.seed, out_dir=out / "ppo",
+                        progress_bar=progress)
+
+    # 5. Everything on the same held-out starts, with the one evaluation.
+    policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load_policy(out / "trc_bc.pt"),
+                "TRC fine-tuned": load_policy(out / "trc_rl.pt")}
+    if ppo is not None:
+        policies["PPO"] = ppo
+    policies.update({"random": RandomPolicy(env_id, seed=args.seed), "zero": ZeroPolicy(env_id)})
+    results = {}
+    for name, candidate in policies.items():
+        results[name] = trc_gym.evaluate(candidate, env_id, budget.episodes, HELD_OUT_SEED)
+    results["expert"].update(parameters=None, env_steps=0)
+    for name in ("TRC cloned", "TRC fine-tuned"):
+        meta = policies[name].metadata
+        results[name].update(parameters=policies[name].n_parameters,
+                             expert_solves=meta["bc_expert_solves"],
+                             env_steps=meta.get("rl_env_steps", 0) if name != "TRC cloned" else 0,
+                             train_seconds=meta["bc_seconds"] + meta.get("rl_seconds", 0.0))
+    if ppo is not None:
+        results["PPO"].update(parameters=ppo.n_parameters, env_steps=ppo.info["env_steps"]
+                              + ppo.info.get("validation_env_steps", 0),
+                              train_seconds=ppo.info["train_seconds"])
+    for name in ("random", "zero"):
+        results[name].update(parameters=0, env_steps=0)
+
+    table = trc_gym.format_table(results, columns=TABLE_COLUMNS)
+    header = (f"{env_id}: {budget.episodes} held-out starts (seed {HELD_OUT_SEED}); "
+              f"expert mean cost {results['expert']['mean_cost']:.3f}")
+    print(f"\n{header}\n\n{table}\n")
+    (out / "table.md").write_text(f"{header}\n\n{table}\n")
+    record = {"command": " ".join(["python", "examples/bc_then_rl.py", *(argv or sys.argv[1:])]),
+              "env_id": env_id, "budget": vars(budget), "seed": args.seed, "timings": timings,
+              "results": results, "bc_history": bc_history, "rl_history": rl_history}
+    _write_json(out / "results.json", record)
+
+    x0, target = trc_gym.held_out_starts(env_id, budget.episodes)
+    plot_learning_curves(bc_history, rl_history, results, out / "learning_curves.png")
+    plot_trajectories(policies, env_id, x0[:3], target[:3], out / "trajectories.png")
+    plot_refinement(policies["TRC cloned"], policies["TRC fine-tuned"], x0, target,
+                    results["expert"]["mean_cost"], out / "refinement.png")
+    print(f"wrote {out}/: trc_bc.pt, trc_rl.pt, results.json, table.md, *.png")
+    return record
+
+
+TABLE_COLUMNS = {
+    "mean_cost": ("mean cost", "{:.3f}"),
+    "gap": ("gap to expert", "{:+.3%}"),
+    "success_rate": ("success", "{:.1%}"),
+    "terminal_error": ("terminal error", "{:.4f}"),
+    "effort": ("effort", "{:.3f}"),
+    "ms_per_plan": ("ms/plan", "{:.2f}"),
+    "parameters": ("parameters", "{:,}"),
+    "expert_solves": ("expert solves", "{:,}"),
+    "env_steps": ("env steps", "{:,}"),
+}
+
+
+def _load_matching(path: Path, env_id: str, samples: int, seed: int):
+    if not path.exists():
+        return None
+    data = datasets.load(path, env_id=env_id)
+    same = len(data) == samples and data.metadata.get("seed") == seed
+    return data if same else None
+
+
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=float))
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(bc_history: list[dict], rl_history: list[dict], results: dict,
+                         path: Path) -> None:
+    """Validation gap of cloning (per epoch) and of fine-tuning (per iteration)."""
+    plt = _pyplot()
+    fig, (ax_bc, ax_rl) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_bc.plot([r["epoch"] for r in bc_history], [r["val_gap"] for r in bc_history])
+    ax_bc.set_yscale("symlog", linthresh=1e-4)
+    ax_bc.set(title="behaviour cloning", xlabel="epoch", ylabel="validation gap to expert")
+    ax_rl.plot([r["env_steps"] for r in rl_history], [100 * r["val_gap"] for r in rl_history],
+               marker="o", label="TRC fine-tuning (GRPO)")
+    ax_rl.axhline(100 * rl_history[0]["val_gap"], color="gray", ls="--", label="cloned")
+    if "PPO" in results:
+        ax_rl.axhline(100 * results["PPO"]["gap"], color="C3", ls=":",
+                      label="PPO (held-out gap)")
+    ax_rl.set(title="fine-tuning", xlabel="simulated env steps", ylabel="validation gap (%)")
+    ax_rl.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trajectories(policies: dict, env_id: str, x0: np.ndarray, target: np.ndarray,
+                      path: Path) -> None:
+    """State components and controls over time of each policy from a few held-out starts."""
+    plt = _pyplot()
+    problem = trc_gym.make_problem(env_id)
+    n, m = problem.n_state, problem.n_control
+    fig, axes = plt.subplots(len(x0), n + m, figsize=(3.2 * (n + m), 2.6 * len(x0)),
+                             squeeze=False)
+    time_axis = np.arange(problem.horizon + 1) * problem.dt
+    for name, policy in policies.items():
+        if name == "random":
+            continue
+        if hasattr(policy, "plan"):
+            controls = policy.plan(x0, target)
+        else:  # a stepped policy: run it through the env
+            controls = _stepped_controls(policy, env_id, x0, target)
+        states = problem.rollout(x0, controls)
+        for row in range(len(x0)):
+            for j in range(n):
+                axes[row, j].plot(time_axis, states[row, :, j], label=name)
+            for j in range(m):
+                axes[row, n + j].step(time_axis[:-1], controls[row, :, j], where="post",
+                                      label=name)
+    for j, label in enumerate(problem.state_names + problem.control_names):
+        axes[0, j].set_title(label)
+        axes[-1, j].set_xlabel("time (s)")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _stepped_controls(policy, env_id: str, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    all_controls = []
+    for i in range(len(x0)):
+        obs, _ = env.reset(options={"state": x0[i], "target": target[i]})
+        controls, done = [], False
+        while not done:
+            action, _ = policy.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, _ = env.step(action)
+            controls.append(np.asarray(action, dtype=np.float64))
+            done = terminated or truncated
+        controls += [np.zeros_like(controls[0])] * (env.unwrapped.problem.horizon - len(controls))
+        all_controls.append(controls)
+    return np.array(all_controls)
+
+
+def plot_refinement(cloned: TRCPolicy, tuned: TRCPolicy, x0: np.ndarray, target: np.ndarray,
+                    expert_cost: float, path: Path) -> None:
+    """Mean cost of each refinement iterate (iterate 0: the initial generator's plan)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, policy in (("cloned", cloned), ("fine-tuned", tuned)):
+        costs = evaluate_iterates(policy, x0, target)
+        ax.plot(range(len(costs)), np.array(costs) / expert_cost - 1, marker="o", label=name)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set(xlabel="refinement iterate", ylabel="gap to expert", title="cost per refinement")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
