@@ -148,12 +148,17 @@ class CartPoleEnv(ControlEnv):
     view = (-2.5, 2.5, -2.0, 3.0)
 
     def draw(self, canvas) -> None:
-        """Track, target cart position (green flag), cart (dark) and pole (blue)."""
-        x, _, th, _ = self.state
+        """Track, target (green: cart position, pole up), cart (dark), pole (blue) and, faded,
+        the pole every third step so far."""
+        def tip_of(x: float, th: float) -> tuple[float, float]:
+            return (x + 2.0 * HALF_LENGTH * math.sin(th), 2.0 * HALF_LENGTH * math.cos(th))
+
         canvas.line((-2.5, 0.0), (2.5, 0.0), DARK, 2)
         tx = self.target[0]
         canvas.line((tx, 0.0), (tx, 2.0 * HALF_LENGTH + 0.3), TARGET, 3)
+        for past in self.trajectory[:-1:3]:
+            canvas.line((past[0], 0.0), tip_of(past[0], past[2]), (205, 215, 240), 3)
+        x, _, th, _ = self.state
         canvas.rect((x, 0.0), 0.5, 0.3, DARK)
-        tip = (x + 2.0 * HALF_LENGTH * math.sin(th), 2.0 * HALF_LENGTH * math.cos(th))
-        canvas.line((x, 0.0), tip, BODY, 8)
+        canvas.line((x, 0.0), tip_of(x, th), BODY, 8)
         canvas.circle((x, 0.0), 0.04, (200, 200, 200))

@@ -125,11 +125,15 @@ class PendulumEnv(ControlEnv):
     view = (-1.4, 1.4, -1.4, 1.4)
 
     def draw(self, canvas) -> None:
-        """The rod (blue) from the pivot, the upright target (green) and the torque arc."""
-        th = self.state[0]
-        tip = (-LENGTH * math.sin(th), LENGTH * math.cos(th))  # th counter-clockwise from up
-        canvas.line((0.0, 0.0), (-LENGTH * math.sin(self.target[0]),
-                                 LENGTH * math.cos(self.target[0])), TARGET, 3)
+        """The rod (blue) from the pivot, the upright target (green) and, faded, the rod every
+        third step so far."""
+        def tip_of(th: float) -> tuple[float, float]:
+            return (-LENGTH * math.sin(th), LENGTH * math.cos(th))  # th counter-clockwise from up
+
+        canvas.line((0.0, 0.0), tip_of(self.target[0]), TARGET, 3)
+        for past in self.trajectory[:-1:3]:
+            canvas.line((0.0, 0.0), tip_of(past[0]), (205, 215, 240), 4)
+        tip = tip_of(self.state[0])
         canvas.line((0.0, 0.0), tip, BODY, 12)
         canvas.circle(tip, 0.08, BODY)
         canvas.circle((0.0, 0.0), 0.05, DARK)

@@ -105,5 +105,6 @@ class VanDerPolEnv(ControlEnv):
         path = [tuple(s) for s in self.trajectory]
         for a, b in itertools.pairwise(path):
             canvas.line(a, b, DARK, 2)
+        canvas.circle(path[0], 0.06, DARK)  # the start
         canvas.circle(tuple(self.target), 0.12, TARGET)
         canvas.circle(tuple(self.state), 0.1, BODY)
