@@ -117,8 +117,6 @@ class CartPoleProblem(NonlinearProblem):
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         guesses = super().initial_guesses(x0, target)
-        if np.any(target != target[:1]):
-            return guesses
         inertia = 4.0 / 3.0 * POLE_MASS * HALF_LENGTH**2  # about the hinge
         upright = POLE_MASS * GRAVITY * HALF_LENGTH
 

@@ -98,8 +98,6 @@ class PendulumProblem(NonlinearProblem):
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         guesses = super().initial_guesses(x0, target)
-        if np.any(target != target[:1]):
-            return guesses
         scale = 3.0 * G / (2.0 * LENGTH)
 
         def pump(x: np.ndarray, k: int) -> np.ndarray:

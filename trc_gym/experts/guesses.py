@@ -31,11 +31,11 @@ def closed_loop_plans(problem: ControlProblem, x0: np.ndarray,
     return np.stack(plan, axis=1)
 
 
-def lqr_gain_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
-    """A stationary LQR gain ``K [m, n]`` (``u = u* - K e``) of the linearisation at the rest
-    state ``target [n]``: the first gain of the finite-horizon recursion over 4 horizons."""
-    u_star = problem.equilibrium_control(target[None])
-    A, B = (a[0] for a in problem.jacobians(target[None], u_star))
+def lqr_gains_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
+    """Stationary LQR gains ``K [B, m, n]`` (``u = u* - K e``) of the linearisation at each rest
+    state ``target [B, n]``: the first gain of the finite-horizon recursion over 4 horizons."""
+    u_star = problem.equilibrium_control(target)
+    A, B = problem.jacobians(target, u_star)
     return finite_horizon_lqr(A, B, problem.Q, problem.R, problem.Qf, 4 * problem.horizon,
                               problem.cost_weight)[0]
 
@@ -43,17 +43,16 @@ def lqr_gain_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
 def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controller,
                     near: Callable[[np.ndarray], np.ndarray], kick: float = 0.0,
                     kick_steps: int = 0) -> Controller:
-    """A swing-up controller: ``kick`` (a constant control, e.g. +-bound) for the first
-    ``kick_steps`` steps, then ``pump`` (an energy-shaping law) until ``near(x)`` says the state
-    is in the LQR's basin, then stationary LQR about ``target [B, n]`` (the targets must share
-    one rest state)."""
-    K = lqr_gain_at(problem, target[0])
-    u_star = problem.equilibrium_control(target[:1])[0]
+    """A swing-up controller towards ``target [B, n]``: ``kick`` (a constant control, e.g.
+    +-bound) for the first ``kick_steps`` steps, then ``pump`` (an energy-shaping law) until
+    ``near(x)`` says the state is in the LQR's basin, then stationary LQR about the target."""
+    K = lqr_gains_at(problem, target)
+    u_star = problem.equilibrium_control(target)
 
     def controller(x: np.ndarray, k: int) -> np.ndarray:
         if k < kick_steps:
             return np.full((len(x), problem.n_control), kick)
-        catch = u_star - problem.state_error_np(x, target) @ K.T
+        catch = u_star - (K @ problem.state_error_np(x, target)[..., None])[..., 0]
         return np.where(near(x)[:, None], catch, pump(x, k))
 
     return controller
