@@ -1,7 +1,7 @@
 """The main job: clone the expert into a TRC planner, fine-tune it with GRPO, train SB3 PPO on
 the same env, and compare everything on the same held-out starts.
 
-    python examples/bc_then_rl.py                       # TRC-DoubleIntegrator-v0 -> runs/DoubleIntegrator
+    python examples/bc_then_rl.py                   # TRC-DoubleIntegrator-v0, runs/DoubleIntegrator
     python examples/bc_then_rl.py --env TRC-VanDerPol-v0
     python examples/bc_then_rl.py --quick               # a short smoke run
 

@@ -47,7 +47,7 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
     model = policy.model
     iterates = model(x0, target)["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
-    mse_total, excess_total = 0.0, 0.0
+    mse_total, excess_total = torch.zeros(()), torch.zeros(())
     for controls in iterates:
         mse_total = mse_total + ((controls - model.u_mid) / model.u_half
                                  - target_norm).square().mean()
@@ -56,7 +56,7 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
             excess_total = excess_total + (cost / expert_cost - 1.0).mean()
     loss = (mse_total + cost_weight * excess_total) / len(iterates)
     return loss, {"mse": float(mse_total.detach()) / len(iterates),
-                  "excess": float(excess_total.detach()) / len(iterates) if cost_weight > 0 else 0.0}
+                  "excess": float(excess_total.detach()) / len(iterates)}
 
 
 def validation_gap(policy: TRCPolicy, data: Demonstrations) -> float:

@@ -4,11 +4,11 @@ The planner becomes a Gaussian policy over the whole control sequence: mean = th
 plan ``mu(x0, x*) [N, m]``, a learnable per-step log-std (small at the start). Each iteration
 draws start states, samples a group of G plans per start, rolls every plan out through the
 problem's batched simulator (reward = -J, exactly the env's return), normalises advantages
-within each group (the group drawn as mirrored pairs ``mu +- eps``: near an optimum the cost is
-nearly quadratic, and mirroring cancels its curvature from the gradient estimate, which would
-otherwise drown the small first-order signal), and takes a few epochs of clipped-ratio updates with a KL penalty to the
-frozen cloned planner. ``algo="reinforce"`` is the plain REINFORCE-with-group-baseline update
-(one gradient step per batch, no ratio) kept beside it for comparison.
+within each group (drawn as mirrored pairs ``mu +- eps``: near an optimum the cost is nearly
+quadratic, and mirroring cancels its curvature from the gradient estimate, which would otherwise
+drown the small first-order signal), and takes a few epochs of clipped-ratio updates with a KL
+penalty to the frozen cloned planner. ``algo="reinforce"`` is the plain REINFORCE update with
+the group baseline (one gradient step per batch, no ratio), kept beside it for comparison.
 
 Known trap: RL right after cloning collapses easily. The defaults start from a small std (a
 cloned plan is already near the optimum, where a wide Gaussian mostly measures the cost's

@@ -56,9 +56,9 @@ class TRCConfig:
 # Presets sized to the seed's parameter counts on the double integrator (104,862 / 530,590 /
 # 2,604,062); `examples/benchmark_bc.py` prints the counts.
 PRESETS: dict[str, TRCConfig] = {
-    "small": TRCConfig(latent_dim=64, hidden_dim=128, n_blocks=3),  # 103,454
-    "medium": TRCConfig(latent_dim=128, hidden_dim=448, n_blocks=2),  # 532,382
-    "large": TRCConfig(latent_dim=320, hidden_dim=768, n_blocks=3),  # 2,586,014
+    "small": TRCConfig(latent_dim=64, hidden_dim=128, n_blocks=3),  # 103,390
+    "medium": TRCConfig(latent_dim=128, hidden_dim=448, n_blocks=2),  # 532,254
+    "large": TRCConfig(latent_dim=320, hidden_dim=768, n_blocks=3),  # 2,585,694
 }
 
 

@@ -123,7 +123,8 @@ def test_box_qp_matches_lbfgsb_on_random_qps():
         lo, hi = -np.ones(8), np.ones(8)
         z, fallback = solve_box_qp(H, g, lo, hi)
         ref = minimize(lambda v, H=H, g=g: 0.5 * v @ H @ v + g[0] @ v, np.zeros(8),
-                       jac=lambda v, H=H, g=g: H @ v + g[0], bounds=list(zip(lo, hi)), method="L-BFGS-B",
+                       jac=lambda v, H=H, g=g: H @ v + g[0], bounds=list(zip(lo, hi)),
+                       method="L-BFGS-B",
                        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})
         assert not fallback.any()
         assert 0.5 * z[0] @ H @ z[0] + g[0] @ z[0] <= ref.fun + 1e-9

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -25,6 +26,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     policy = load_any_policy(args.policy, args.env)
     metrics = evaluate(policy, args.env, args.episodes, args.seed)
     print(format_table({args.policy: metrics}))
+
+
+def cmd_train_bc(args: argparse.Namespace) -> None:
+    import torch
+
+    from policies import BCConfig, TRCPolicy, train_bc
+    from trc_gym import datasets
+
+    data = datasets.load(args.data, env_id=args.env)
+    torch.manual_seed(args.seed)
+    policy = TRCPolicy.create(args.env, args.size, env_kwargs=data.metadata.get("env_kwargs"),
+                              **json.loads(args.model))
+    config = BCConfig(epochs=args.epochs, seed=args.seed, cost_weight=args.cost_weight)
+    out = Path(args.out)
+    train_bc(policy, data, config, run_dir=out.with_suffix(".run"), resume=args.resume)
+    policy.save(out)
+    print(f"saved {out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
+          f"{policy.n_parameters:,} parameters); logs in {out.with_suffix('.run')}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from policies import GRPOConfig, finetune, load_policy
+
+    policy = load_policy(args.init)
+    if policy.env_id != args.env:
+        raise ValueError(f"{args.init} is a planner for {policy.env_id!r}, not {args.env!r}")
+    config = GRPOConfig(iterations=args.iterations, algo=args.algo, seed=args.seed)
+    out = Path(args.out)
+    finetune(policy, config, run_dir=out.with_suffix(".run"))
+    policy.save(out)
+    print(f"saved {out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
+          f"{policy.metadata['rl_env_steps']:,} env steps); logs in {out.with_suffix('.run')}")
 
 
 def load_any_policy(name: str, env_id: str):
@@ -77,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwargs", default="{}", help='JSON, e.g. \'{"random_target": true}\'')
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train-bc", help="behaviour-clone expert plans into a TRC planner")
+    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
+    p.add_argument("--data", required=True, help=".npz from `trc generate`")
+    p.add_argument("--size", default="small", choices=["small", "medium", "large"])
+    p.add_argument("--model", default="{}",
+                   help='JSON model overrides, e.g. \'{"reasoning": "attention"}\'')
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--cost-weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT.run/bc_state.pt")
+    p.add_argument("--out", required=True, help="checkpoint path, e.g. runs/di/trc_bc.pt")
+    p.set_defaults(func=cmd_train_bc)
+
+    p = sub.add_parser("finetune", help="GRPO / REINFORCE fine-tuning of a cloned planner")
+    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
+    p.add_argument("--init", required=True, help="checkpoint from `trc train-bc`")
+    p.add_argument("--iterations", type=int, default=150)
+    p.add_argument("--algo", default="grpo", choices=["grpo", "reinforce"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="evaluate a policy on held-out starts")
     p.add_argument("policy", help="expert | random | zero | path to a TRC checkpoint")

@@ -1,0 +1,156 @@
+"""Behaviour-cloning benchmark: the three TRC sizes (and ablations) on one env, judged on held-out
+starts: gap to the expert, success, terminal error, the mean cost of every refinement iterate,
+parameters and milliseconds per plan at batch 1 and batch 1024.
+
+    python examples/benchmark_bc.py                         # small, medium, large, small without
+                                                            # error feedback, small with attention
+    python examples/benchmark_bc.py --models small small-no-feedback --epochs 50
+
+Writes ``--out``/benchmark.md, benchmark.json, refinement.png and trajectories.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import trc_gym
+from policies import BCConfig, TRCPolicy, train_bc
+from policies.bc import evaluate_iterates
+from trc_gym import datasets
+from trc_gym.evaluation import expert_costs
+
+MODELS = {  # name -> (preset, overrides)
+    "small": ("small", {}),
+    "medium": ("medium", {}),
+    "large": ("large", {}),
+    "small-no-feedback": ("small", {"error_feedback": False}),
+    "small-attention": ("small", {"reasoning": "attention", "hidden_dim": 96}),
+}
+
+
+def batch_ms_per_plan(policy: TRCPolicy, x0: np.ndarray, target: np.ndarray) -> float:
+    """Amortised ms per plan when planning ``len(x0)`` starts in one call (best of 3)."""
+    policy.plan(x0, target)
+    best = np.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        policy.plan(x0, target)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(x0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="TRC-DoubleIntegrator-v0", choices=trc_gym.ENV_IDS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/benchmark_bc")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data_path = out / f"data_{args.samples}.npz"
+    if data_path.exists():
+        data = datasets.load(data_path, env_id=args.env)
+    else:
+        data = datasets.save(datasets.generate(args.env, args.samples, seed=args.seed), data_path)
+        data = datasets.load(data_path)
+    x0, target = trc_gym.held_out_starts(args.env, args.episodes)
+    expert_cost = expert_costs(args.env, args.episodes).mean()
+
+    rows, policies = {}, {}
+    for name in args.models:
+        preset, overrides = MODELS[name]
+        torch.manual_seed(args.seed)
+        policy = TRCPolicy.create(args.env, preset, **overrides)
+        start = time.perf_counter()
+        train_bc(policy, data, BCConfig(epochs=args.epochs, seed=args.seed),
+                 run_dir=out / f"{name}.run")
+        train_seconds = time.perf_counter() - start
+        policy.save(out / f"{name}.pt")
+        metrics = trc_gym.evaluate(policy, args.env, args.episodes)
+        iterate_costs = evaluate_iterates(policy, x0, target)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        metrics["ms_per_plan_batch1024"] = batch_ms_per_plan(policy, x0[:1024], target[:1024])
+        torch.set_num_threads(threads)
+        metrics.update(parameters=policy.n_parameters, train_seconds=train_seconds,
+                       epochs=policy.metadata["bc_epochs"], iterate_costs=iterate_costs)
+        rows[name], policies[name] = metrics, policy
+        print(f"{name}: gap {metrics['gap']:+.3%}, success {metrics['success_rate']:.1%}, "
+              f"iterates {np.round(iterate_costs, 3).tolist()}")
+
+    columns = {"parameters": ("parameters", "{:,}"), "gap": ("gap to expert", "{:+.3%}"),
+               "success_rate": ("success", "{:.1%}"),
+               "terminal_error": ("terminal error", "{:.4f}"),
+               "ms_per_plan": ("ms/plan (batch 1)", "{:.2f}"),
+               "ms_per_plan_batch1024": ("ms/plan (batch 1024)", "{:.4f}"),
+               "train_seconds": ("train s", "{:.0f}"), "epochs": ("epochs", "{}")}
+    table = trc_gym.format_table(rows, columns)
+    n_iterates = max(len(r["iterate_costs"]) for r in rows.values())
+    iterate_table = trc_gym.format_table(
+        {name: {f"k{k}": (r["iterate_costs"][k] if k < len(r["iterate_costs"]) else None)
+                for k in range(n_iterates)} for name, r in rows.items()},
+        {f"k{k}": (f"iterate {k}", "{:.3f}") for k in range(n_iterates)})
+    report = (f"{args.env}, {args.samples} demonstrations, {args.epochs} epochs max, "
+              f"{args.episodes} held-out starts; expert mean cost {expert_cost:.3f}\n\n"
+              f"{table}\n\nMean cost of each refinement iterate (0: initial generator):\n\n"
+              f"{iterate_table}\n")
+    print("\n" + report)
+    (out / "benchmark.md").write_text(report)
+    (out / "benchmark.json").write_text(json.dumps(rows, indent=1, default=float))
+    plot(rows, policies, args.env, x0[:3], target[:3], expert_cost, out)
+
+
+def plot(rows: dict, policies: dict, env_id: str, x0: np.ndarray, target: np.ndarray,
+         expert_cost: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, metrics in rows.items():
+        costs = np.array(metrics["iterate_costs"])
+        ax.plot(range(len(costs)), costs / expert_cost - 1, marker="o", label=name)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set(xlabel="refinement iterate (0: initial generator)", ylabel="gap to expert",
+           title="cost per refinement iterate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "refinement.png", dpi=110)
+    plt.close(fig)
+
+    problem = trc_gym.make_problem(env_id)
+    expert = problem.expert_plan(x0, target)
+    fig, axes = plt.subplots(1, problem.n_state + problem.n_control, figsize=(12, 3.5))
+    t = np.arange(problem.horizon + 1) * problem.dt
+    for name, plans in [("expert", expert)] + [(n, p.plan(x0, target)) for n, p in
+                                                policies.items()]:
+        states = problem.rollout(x0, plans)
+        style = {"color": "k", "lw": 2.5, "alpha": 0.4} if name == "expert" else {"lw": 1}
+        for i in range(len(x0)):
+            label = name if i == 0 else None
+            for j in range(problem.n_state):
+                axes[j].plot(t, states[i, :, j], label=label, **style)
+            for j in range(problem.n_control):
+                axes[problem.n_state + j].step(t[:-1], plans[i, :, j], where="post", **style)
+    for j, title in enumerate(problem.state_names + problem.control_names):
+        axes[j].set(title=title, xlabel="time (s)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "trajectories.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

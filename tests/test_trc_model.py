@@ -1,0 +1,183 @@
+"""The TRC model, its policy face and behaviour cloning."""
+
+import numpy as np
+import pytest
+import torch
+
+import trc_gym
+from baselines import ZeroPolicy
+from policies import BCConfig, TinyRecursiveControl, TRCConfig, TRCPolicy, load_policy, train_bc
+from trc_gym import datasets
+from trc_gym.problem import LinearProblem
+
+DI = "TRC-DoubleIntegrator-v0"
+SEED_SIZES = {"small": 104_862, "medium": 530_590, "large": 2_604_062}
+
+
+class ThreeStateProblem(LinearProblem):
+    """Another problem's dims (n=3, m=2, N=6) with asymmetric bounds."""
+
+    def __init__(self):
+        self.A = np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.0, 0.0, 0.9]])
+        self.B = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.2]])
+        super().__init__(name="ThreeState", state_names=("a", "b", "c"), control_names=("u", "w"),
+                         dt=0.1, horizon=6, Q=np.eye(3), R=0.1 * np.eye(2), Qf=10 * np.eye(3),
+                         u_low=[-1.0, 0.0], u_high=[2.0, 0.5], state_low=[-1, -1, -1],
+                         state_high=[1, 1, 1], tolerance=0.1)
+
+
+@pytest.mark.parametrize("size", ["small", "medium", "large"])
+def test_preset_sizes_match_the_seed(size):
+    model = TinyRecursiveControl.from_preset(trc_gym.make_problem(DI), size)
+    counts = model.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert abs(counts["total"] / SEED_SIZES[size] - 1) < 0.15
+    assert counts["recursive_reasoning"] == max(v for k, v in counts.items() if k != "total")
+
+
+@pytest.mark.parametrize("reasoning", ["mlp", "attention"])
+@pytest.mark.parametrize("make_problem", [lambda: trc_gym.make_problem(DI), ThreeStateProblem])
+def test_shapes_and_bounds(make_problem, reasoning):
+    problem = make_problem()
+    model = TinyRecursiveControl(problem, TRCConfig(latent_dim=32, hidden_dim=32,
+                                                    reasoning=reasoning, n_refine=3))
+    x0 = torch.randn(5, problem.n_state) * 10  # far outside the training box
+    out = model(x0, torch.zeros(5, problem.n_state))
+    assert out["controls"].shape == (5, problem.horizon, problem.n_control)
+    assert len(out["iterates"]) == 4 and out["iterates"][-1] is out["controls"]
+    for controls in out["iterates"]:
+        assert torch.all(controls >= torch.tensor(problem.u_low, dtype=torch.float32))
+        assert torch.all(controls <= torch.tensor(problem.u_high, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("reasoning", ["mlp", "attention"])
+def test_gradients_reach_every_part(reasoning):
+    problem = trc_gym.make_problem(DI)
+    model = TinyRecursiveControl.create_small(problem, reasoning=reasoning).train()
+    x0, target = torch.randn(8, 2), torch.zeros(8, 2)
+    out = model(x0, target)
+    loss = sum(problem.cost_torch(x0, target, u).mean() for u in out["iterates"])
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_refinement_reads_the_simulated_errors():
+    """Perturbing what the simulation returns changes the refined plans (not the first one);
+    with error feedback off, it changes nothing."""
+    for feedback in (True, False):
+        problem = trc_gym.make_problem(DI)
+        torch.manual_seed(0)
+        model = TinyRecursiveControl.create_small(problem, error_feedback=feedback).eval()
+        x0, target = torch.randn(4, 2), torch.zeros(4, 2)
+        with torch.no_grad():
+            before = model(x0, target)["iterates"]
+            true_rollout = problem.rollout_torch
+            problem.rollout_torch = lambda x, u, f=true_rollout: f(x, u) + 0.5
+            after = model(x0, target)["iterates"]
+        torch.testing.assert_close(before[0], after[0])
+        changed = not torch.allclose(before[-1], after[-1])
+        assert changed == feedback
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="reasoning must be"):
+        TRCConfig(reasoning="lstm")
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        TRCPolicy.create(DI, "huge")
+
+
+def test_save_load_round_trip(tmp_path):
+    policy = TRCPolicy.create(DI, "small", reasoning="attention")
+    policy.metadata["note"] = "round trip"
+    path = policy.save(tmp_path / "p.pt")
+    loaded = load_policy(path)
+    x0, target = trc_gym.held_out_starts(DI, 16)
+    np.testing.assert_array_equal(policy.plan(x0, target), loaded.plan(x0, target))
+    assert loaded.metadata["note"] == "round trip" and loaded.env_id == DI
+    assert [p.name for p in tmp_path.iterdir()] == ["p.pt"]  # no temp file left
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_policy(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_policy(tmp_path / "junk.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"config": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_policy(tmp_path / "evil.pt")  # weights_only refuses to run code
+    torch.save({"config": '{"format": "other"}', "state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="format"):
+        load_policy(tmp_path / "other.pt")
+    policy = TRCPolicy.create(DI, "small")
+    payload = {"config": policy.save(tmp_path / "ok.pt") and
+               torch.load(tmp_path / "ok.pt", weights_only=True)["config"],
+               "state_dict": TRCPolicy.create(DI, "medium").model.state_dict()}
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="do not match"):
+        load_policy(tmp_path / "mismatch.pt")
+
+
+def test_plan_rejects_bad_input():
+    policy = TRCPolicy.create(DI, "small")
+    with pytest.raises(ValueError, match="x0 has shape"):
+        policy.plan(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        policy.plan(np.array([[np.nan, 0.0]]), np.zeros((1, 2)))
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return datasets.generate(DI, 600, seed=3, progress=False)
+
+
+def _train(data, epochs, seed=0, run_dir=None, resume=False):
+    torch.manual_seed(seed)
+    policy = TRCPolicy.create(DI, "small")
+    history = train_bc(policy, data, BCConfig(epochs=epochs, batch_size=64, seed=seed,
+                                              warmup_steps=10), run_dir=run_dir, resume=resume,
+                       progress=False)
+    return policy, history
+
+
+def test_short_cloning_beats_untrained_and_zero(small_data):
+    torch.manual_seed(0)
+    untrained = trc_gym.evaluate(TRCPolicy.create(DI, "small"), DI, 200)
+    trained, history = _train(small_data, 6)
+    result = trc_gym.evaluate(trained, DI, 200)
+    zero = trc_gym.evaluate(ZeroPolicy(DI), DI, 200)
+    assert result["mean_cost"] < 0.5 * untrained["mean_cost"]
+    assert result["mean_cost"] < 0.5 * zero["mean_cost"]
+    assert history[-1]["val_gap"] < history[0]["val_gap"]
+
+
+def test_cloning_is_deterministic_and_resumable(small_data, tmp_path, monkeypatch):
+    a, _ = _train(small_data, 3)
+    b, _ = _train(small_data, 3)
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+    import policies.bc
+
+    calls, real = [], policies.bc.validation_gap
+
+    def crash_in_third_epoch(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(policies.bc, "validation_gap", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(small_data, 3, run_dir=tmp_path)
+    monkeypatch.setattr(policies.bc, "validation_gap", real)
+    resumed, history = _train(small_data, 3, run_dir=tmp_path, resume=True)
+    assert len(history) == 3
+    x0, target = trc_gym.held_out_starts(DI, 32)
+    np.testing.assert_allclose(resumed.plan(x0, target), a.plan(x0, target), atol=1e-6)
+    assert (tmp_path / "bc_log.csv").read_text().count("\n") == 4  # header + 3 epochs
