@@ -512,7 +512,8 @@ def train_agent(algo: str, env_id: str, total_timesteps: int | None = None, seed
     record = {"algo": algo, "env_id": env_id, "seed": seed, "hyperparameters": params,
               "tuned": is_tuned(env_id, algo), "env_steps": int(model.num_timesteps),
               "validation_env_steps": evaluation.validation_env_steps if evaluation else 0,
-              "train_seconds": seconds, "torch_threads": torch.get_num_threads()}
+              "train_seconds": seconds, "torch_threads": torch.get_num_threads(),
+              "n_validation": n_validation, "n_curve": n_curve if evaluation else 0}
     final = make_agent(ObservationNormalizer.from_vec_env(model.get_vec_normalize_env()),
                        {**record, "selected": "final", "selected_at_env_steps":
                         int(model.num_timesteps)})

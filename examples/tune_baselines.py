@@ -49,7 +49,7 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
         "net=128x128": {"policy_kwargs": {"net_arch": [128, 128]}},
         "net=256x256": {"policy_kwargs": {"net_arch": [256, 256]}},
         "relu": {"policy_kwargs": {"activation_fn": "relu"}},
-        "no_reward_norm": {"normalize": {"norm_reward": False}},
+        "reward_norm": {"normalize": {"norm_reward": True}},
         "gsde": {"use_sde": True, "sde_sample_freq": 4},
         "vf_coef=1": {"vf_coef": 1.0},
     },

@@ -217,3 +217,23 @@ def test_tuned_ppo_is_within_one_percent_of_the_optimum_on_the_double_integrator
     metrics = trc_gym.evaluate(agent, DI, n_episodes=500)
     assert metrics["gap"] < 0.01, metrics
     assert metrics["success_rate"] > 0.99
+
+
+@pytest.mark.slow
+def test_compare_script_smoke_run(tmp_path):
+    """examples/compare.py end to end with tiny budgets, then a rerun that only evaluates."""
+    command = [sys.executable, "examples/compare.py", "--envs", DI, "--quick", "--no-trc",
+               "--episodes", "20", "--no-progress", "--cache", str(tmp_path / "cache"),
+               "--out", str(tmp_path / "out")]
+    subprocess.run(command, check=True, timeout=600)
+    table = (tmp_path / "out" / "compare.md").read_text()
+    for method in ("expert", "PPO", "SAC", "random", "zero"):
+        assert f"| {method} |" in table
+    assert "TRC rows omitted (--no-trc)" in table
+    assert (tmp_path / "out" / "DoubleIntegrator_curves.png").exists()
+    record = json.loads((tmp_path / "out" / "DoubleIntegrator.json").read_text())
+    before = (tmp_path / "cache" / DI / "ppo" / "best" / "model.zip").stat().st_mtime
+    subprocess.run(command, check=True, timeout=600)  # cached: evaluates only
+    assert (tmp_path / "cache" / DI / "ppo" / "best" / "model.zip").stat().st_mtime == before
+    again = json.loads((tmp_path / "out" / "DoubleIntegrator.json").read_text())
+    assert again["results"]["PPO"]["mean_cost"] == record["results"]["PPO"]["mean_cost"]
