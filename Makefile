@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) examples/expert_vs_random.py
+	$(PY) examples/bc_then_rl.py
 
 test: install
 	$(PY) -m pytest

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, help="held-out starts to evaluate on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--serial", action="store_true",
+                        help="train PPO after TRC instead of beside it in a second process")
     return parser.parse_args(argv)
 
 
@@ -73,6 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
     progress = not args.no_progress
     torch.manual_seed(args.seed)
     timings: dict[str, float] = {}
+
+    # The PPO baseline trains in a second process beside TRC (one core each; one torch thread
+    # per process, since intra-op threads only fight each other on a small machine).
+    torch.set_num_threads(1)
+    ppo_job, pool = None, None
+    if not args.no_ppo:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        ppo_job = pool.submit(train_ppo_job, env_id, budget.ppo_steps, args.seed, out / "ppo")
+        if args.serial:
+            ppo_job.result()
 
     # 1. Expert demonstrations (reused when the file matches).
     data_path = out / "data.npz"
@@ -99,13 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
     tuned.metadata["rl_seconds"] = timings["rl_seconds"] = time.perf_counter() - start
     tuned.save(out / "trc_rl.pt")
 
-    # 4. The SB3 PPO baseline on the same env, with its tuned settings.
+    # 4. The SB3 PPO baseline (tuned settings), trained on the same env.
     ppo = None
-    if not args.no_ppo:
-        from baselines.sb3 import train_ppo
+    if ppo_job is not None:
+        from baselines.sb3 import load_agent
 
-        ppo = train_ppo(env_id, budget.ppo_steps, seed=args.seed, out_dir=out / "ppo",
-                        progress_bar=progress)
+        ppo_job.result()
+        pool.shutdown()
+        ppo = load_agent(out / "ppo")
+        timings["ppo_seconds"] = ppo.info["train_seconds"]
 
     # 5. Everything on the same held-out starts, with the one evaluation.
     policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load_policy(out / "trc_bc.pt"),
@@ -160,6 +176,14 @@ TABLE_COLUMNS = {
     "expert_solves": ("expert solves", "{:,}"),
     "env_steps": ("env steps", "{:,}"),
 }
+
+
+def train_ppo_job(env_id: str, steps: int | None, seed: int, out_dir: Path) -> None:
+    """Train PPO in a worker process; the agent is saved under ``out_dir``."""
+    torch.set_num_threads(1)
+    from baselines.sb3 import train_ppo
+
+    train_ppo(env_id, steps, seed=seed, out_dir=out_dir, progress_bar=False)
 
 
 def _load_matching(path: Path, env_id: str, samples: int, seed: int):
