@@ -12,7 +12,6 @@ the state written after every epoch; the same seed gives the same weights.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from policies.policy import TRCPolicy, atomic_torch_save
+from policies.run_log import append_row, read_rows, tensorboard_writer
 from trc_gym.datasets import Demonstrations
 
 
@@ -105,10 +105,10 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         scheduler.load_state_dict(state["scheduler"])
         best_state = state["best"]
         best_gap, bad_epochs, start_epoch = state["best_gap"], state["bad_epochs"], state["epoch"]
-        history = _read_log(Path(run_dir) / "bc_log.csv")
+        history = read_rows(Path(run_dir) / "bc_log.csv")
     if run_dir:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-    writer = _tensorboard(run_dir)
+    writer = tensorboard_writer(run_dir, "bc")
     bar = tqdm(range(start_epoch, config.epochs), desc="behaviour cloning", disable=not progress,
                initial=start_epoch, total=config.epochs)
     for epoch in bar:
@@ -144,7 +144,7 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_gap=f"{gap:+.3%}",
                         best=f"{best_gap:+.3%}")
         if run_dir:
-            _append_log(Path(run_dir) / "bc_log.csv", row)
+            append_row(Path(run_dir) / "bc_log.csv", row)
             if writer:
                 for key, value in row.items():
                     writer.add_scalar(f"bc/{key}", value, epoch + 1)
@@ -162,32 +162,6 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
     policy.metadata.update({"bc": asdict(config), "bc_val_gap": best_gap,
                             "bc_epochs": len(history), "bc_expert_solves": len(data)})
     return history
-
-
-def _append_log(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _tensorboard(run_dir):
-    if not run_dir:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
 
 def evaluate_iterates(policy: TRCPolicy, x0: np.ndarray, target: np.ndarray) -> list[float]:

@@ -19,7 +19,6 @@ term, and the best planner on validation starts is kept.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from policies.policy import TRCPolicy, atomic_torch_save
+from policies.run_log import append_row, tensorboard_writer
 
 
 @dataclass
@@ -141,7 +141,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         log_path = Path(run_dir) / "rl_log.csv"
         log_path.unlink(missing_ok=True)
-        _append(log_path, history[0])
+        append_row(log_path, history[0])
+    writer = tensorboard_writer(run_dir, "rl")
     B, G, N, m = config.starts_per_iteration, config.group_size, problem.horizon, problem.n_control
     env_steps, start_time = 0, time.perf_counter()
     stats = {"kl": 0.0, "clip_fraction": 0.0}
@@ -199,7 +200,10 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
             bar.set_postfix(val_gap=f"{row['val_gap']:+.3%}", kl=f"{row['kl']:.3f}",
                             std=f"{row['std']:.3f}")
             if run_dir:
-                _append(log_path, row)
+                append_row(log_path, row)
+                if writer:
+                    for key, value in row.items():
+                        writer.add_scalar(f"rl/{key}", value, env_steps)
                 atomic_torch_save({"model": policy.model.state_dict(), "best": best_state,
                                    "log_std": planner.log_std.detach(), "iteration": iteration},
                                   Path(run_dir) / "rl_state.pt")
@@ -209,12 +213,3 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     policy.metadata.update({"rl": asdict(config), "rl_env_steps": env_steps,
                             "rl_val_gap": best_cost / val_expert - 1})
     return history
-
-
-def _append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)

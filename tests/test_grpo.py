@@ -101,21 +101,20 @@ def test_batched_rewards_are_the_env_returns(perturbed_planner):
 
 def test_main_job_quick_runs_end_to_end(tmp_path):
     import json
-    import runpy
+    import subprocess
     import sys
 
-    script = runpy.run_path("examples/bc_then_rl.py")
-    sys_argv = sys.argv
-    try:
-        record = script["main"](["--quick", "--out", str(tmp_path), "--no-progress"])
-    finally:
-        sys.argv = sys_argv
+    run = subprocess.run([sys.executable, "examples/bc_then_rl.py", "--quick", "--out",
+                          str(tmp_path), "--no-progress"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| TRC fine-tuned |" in run.stdout
     for name in ("trc_bc.pt", "trc_rl.pt", "results.json", "table.md", "learning_curves.png",
                  "trajectories.png", "refinement.png", "data.npz"):
         assert (tmp_path / name).is_file(), name
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["results"]) == {"expert", "TRC cloned", "TRC fine-tuned", "PPO", "random",
-                                     "zero"}
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert set(record["results"]) == {"expert", "TRC cloned", "TRC fine-tuned", "PPO", "random",
+                                      "zero"}
     assert record["results"]["expert"]["gap"] == 0.0
     from policies import load_policy
 
