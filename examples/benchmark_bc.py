@@ -30,7 +30,7 @@ MODELS = {  # name -> (preset, overrides)
     "medium": ("medium", {}),
     "large": ("large", {}),
     "small-no-feedback": ("small", {"error_feedback": False}),
-    "small-attention": ("small", {"reasoning": "attention", "hidden_dim": 96}),
+    "small-attention": ("small", {"reasoning": "attention"}),
 }
 
 
