@@ -47,6 +47,7 @@ def save_png(frame: np.ndarray, path: Path) -> None:
     os.close(fd)
     try:
         matplotlib.image.imsave(tmp, frame)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
