@@ -25,7 +25,8 @@ def env_table() -> str:
         lines.append(
             f"| `{env_id}` | {', '.join(p.state_names)} | {', '.join(p.control_names)} in "
             f"{_box(p.u_low, p.u_high)} | Box({obs},) | N={p.horizon}, dt={p.dt:g} s | "
-            f"{_box(p.state_low, p.state_high)} | ‖x_N − x*‖ < {p.tolerance:g} |")
+            f"{_box(p.state_low, p.state_high)} | "
+            f"{getattr(p, 'success_rule', None) or f'‖x_N − x*‖ < {p.tolerance:g}'} |")
     return "\n".join(lines)
 
 

@@ -101,6 +101,8 @@ class ObstacleNavProblem(NonlinearProblem):
     """The dynamics are linear, but the obstacles make the problem non-convex: it is solved
     by iLQR from several initial guesses, not by the linear problems' QP."""
 
+    success_rule = "‖x_N − x*‖ < 0.1, no collision"  # README's env table
+
     def __init__(self, random_target: bool = False):
         self.random_target = random_target
         dt = 0.1

@@ -18,8 +18,8 @@ chosen so that these equations hold as written: thrust in kN and mass in tonnes
 The thrust bound is a **per-axis box** (so the iLQR expert stays box-constrained):
 ``Tx, Ty in [-5, 5] kN`` (lateral), ``Tz in [0, 16] kN`` (vertical: the engine cannot pull
 down). The largest thrust, at a corner, is 17.5 kN, a thrust-to-weight ratio of about 2.6 on
-Mars at the lightest start. Fuel cannot run out within the horizon (the most the engine can burn in 40 s is
-0.36 t; the lightest start carries 1.8 t, a dry mass is not modelled).
+Mars at the lightest start. Fuel cannot run out within the horizon (the most the engine can
+burn in 40 s is 0.36 t; the lightest start carries 1.8 t; a dry mass is not modelled).
 
 ## Observation space
 ``Box(-inf, inf, (15,), float32)``: ``[x, y, z, vx, vy, vz, m, x*, ..., m*, fraction of time
@@ -103,6 +103,9 @@ GROUND_BARRIER, GROUND_MARGIN = 1000.0, 0.5  # expert only: weight per m^2, m
 
 
 class RocketProblem(NonlinearProblem):
+    # README's env table (markdown-escaped bars):
+    success_rule = r"touchdown: \|z_N\| < 1 m, < 5 m from the pad, speed < 2 m/s, no crash"
+
     def __init__(self):
         dt = 1.0
         super().__init__(
@@ -209,9 +212,9 @@ class RocketEnv(ControlEnv):
         return obs, reward, terminated, truncated, info
 
     def draw(self, canvas) -> None:
-        """Side view (x, z): ground, pad (with a flag), the path so far and the lander (drawn 40 m tall,
-        pointing along its thrust) with its flame (5 m per kN); top-right inset: the
-        top view (x, y) of the path, pad at its centre."""
+        """Side view (x, z): ground, pad (with a flag), the path so far and the lander
+        (drawn 40 m tall, pointing along its thrust) with its flame (5 m per kN); top-right
+        inset: the top view (x, y) of the path, pad at its centre."""
         ground = (150, 120, 90)
         canvas.polygon([(-450, 0), (450, 0), (450, -50), (-450, -50)], ground)
         canvas.line((-PAD_RADIUS, 0), (PAD_RADIUS, 0), TARGET, 8)  # the pad, and its flag
@@ -228,13 +231,13 @@ class RocketEnv(ControlEnv):
         center = (x + 20.0 * up[0], z + 20.0 * up[1])
         canvas.rect(center, 14.0, 40.0, BODY, angle)
         canvas.line((x, z), (x - 5.0 * norm * up[0], z - 5.0 * norm * up[1]), WARN, 4)
-        # Inset: top view of [-200, 200]^2 m drawn in the world box [250, 440] x [650, 840].
+        # Inset: top view of [-350, 350]^2 m drawn in the world box [250, 440] x [650, 840].
         def top(px: float, py: float) -> tuple[float, float]:
-            return 345.0 + 95.0 * px / 200.0, 745.0 + 95.0 * py / 200.0
+            return 345.0 + 95.0 * px / 350.0, 745.0 + 95.0 * py / 350.0
 
-        canvas.polygon([top(-200, -200), top(200, -200), top(200, 200), top(-200, 200)],
+        canvas.polygon([top(-350, -350), top(350, -350), top(350, 350), top(-350, 350)],
                        DARK, 1)
-        canvas.circle(top(0.0, 0.0), 95.0 * PAD_RADIUS / 200.0 + 2.0, TARGET)
+        canvas.circle(top(0.0, 0.0), 4.0, TARGET)
         for a, b in itertools.pairwise(path):
             canvas.line(top(a[0], a[1]), top(b[0], b[1]), (170, 170, 170), 1)
         canvas.circle(top(self.state[0], self.state[1]), 5.0, BODY)
