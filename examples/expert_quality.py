@@ -66,6 +66,9 @@ def measure(env_id: str, episodes: int, seed: int, with_lqr: bool) -> list[dict]
     success, cost, error = step_open_loop(env_id, x0, target, plans)
     rows = [{"env": env_id, "expert": "iLQR", "success": success.mean(), "cost": cost.mean(),
              "error": np.nanmean(error), "ms": ms}]
+    if hasattr(problem, "fuel_used"):  # the rocket reports fuel beside cost
+        fuel = problem.fuel_used(problem.rollout(x0, plans))
+        rows[0]["notes"] = f"mean fuel {fuel.mean():.1f} kg"
     if with_lqr:
         start = time.perf_counter()
         lqr = clipped_lqr_plans(problem, x0, target)
@@ -83,11 +86,11 @@ def measure(env_id: str, episodes: int, seed: int, with_lqr: bool) -> list[dict]
 
 def table(rows: list[dict]) -> str:
     lines = ["| env | expert | starts | success | mean cost | mean terminal error | ms/plan | "
-             "vs clipped LQR |", "|---|---|---|---|---|---|---|---|"]
+             "vs clipped LQR / notes |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['env']} | {r['expert']} | {r['episodes']} | {r['success']:.1%} | "
                      f"{r['cost']:.3f} | {r['error']:.4f} | {r['ms']:.1f} | "
-                     f"{r.get('vs_lqr', '')} |")
+                     f"{'; '.join(r[k] for k in ('vs_lqr', 'notes') if k in r)} |")
     return "\n".join(lines)
 
 
