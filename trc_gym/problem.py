@@ -344,8 +344,9 @@ class LinearProblem(ControlProblem):
         c = self.linear_constants(x, 1)
         return x @ c["A"].T + u @ c["B"].T
 
-    def rollout_torch(self, x0: Tensor, U: Tensor) -> Tensor:
-        """The same states as stepping, in one product: ``X = Phi x0 + Gamma vec(clip(U))``."""
+    def rollout_torch(self, x0: Tensor, U: Tensor, terminate: bool = True) -> Tensor:
+        """The same states as stepping, in one product: ``X = Phi x0 + Gamma vec(clip(U))``
+        (linear problems have no failure states, so ``terminate`` changes nothing)."""
         B, steps = U.shape[:2]
         c = self.linear_constants(x0, steps)
         flat = x0 @ c["Phi"].T + self.clip_controls(U).reshape(B, -1) @ c["Gamma"].T
