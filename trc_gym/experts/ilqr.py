@@ -42,7 +42,9 @@ from torch import Tensor
 from trc_gym.problem import ControlProblem
 
 DTYPE = torch.float64
-ALPHAS = 0.5 ** np.arange(10)  # line-search step sizes, 1 down to ~0.002
+# Line-search step sizes, one group per rollout call (a later group only for the starts that
+# no earlier step satisfied).
+STEP_GROUPS = (0.5 ** np.arange(1), 0.5 ** np.arange(1, 10))
 MU_MIN, MU_MAX, MU_FACTOR = 1e-6, 1e10, 10.0
 ARMIJO = 1e-4
 
@@ -306,14 +308,14 @@ def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = 
 
 
 def _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok):
-    """Backtracking line search: the full step ``alpha = 1`` for every start first, then, for
-    starts where it fails the Armijo test, every smaller step in `ALPHAS` at once (the best
-    passing one wins). Returns the new ``X, U, J`` (unchanged where no step passed) and which
+    """Backtracking line search over `STEP_GROUPS`: the full step ``alpha = 1`` for every start
+    first, then, for starts where it fails the Armijo test, every smaller step at once (the
+    best passing one wins). Returns the new ``X, U, J`` (unchanged where no step passed) and which
     starts improved ``[B]``."""
     X, U, J = X.clone(), U.clone(), J.clone()
     improved = torch.zeros_like(ok)
     rows = torch.nonzero(ok).flatten()
-    for alphas in (ALPHAS[:1], ALPHAS[1:]):
+    for alphas in STEP_GROUPS:
         if len(rows) == 0:
             break
         a = torch.as_tensor(alphas, dtype=U.dtype)
