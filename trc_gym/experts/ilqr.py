@@ -4,9 +4,9 @@ The objective is the problem's cost plus its soft state-constraint terms,
 
     F(U) = J(x0, x*, U) + problem.penalty_torch(X(U), x*),
 
-minimised over plans ``U`` inside the control box, on the smooth trajectory ``X(U)`` (the
-dynamics run on through failure states (``rollout_torch(..., terminate=False)``): the penalty,
-not the env's early termination, keeps the solver away from them).
+minimised over plans ``U`` inside the control box, on the smooth trajectory ``X(U)``: the
+dynamics run on through failure states (as ``rollout_torch(..., terminate=False)``), since the
+penalty, not the env's early termination, keeps the solver away from them.
 
 One iteration, for every unconverged start at once (tensors ``[B, ...]``, no loop over starts):
 
@@ -20,14 +20,15 @@ One iteration, for every unconverged start at once (tensors ``[B, ...]``, no loo
    and the feedback gain is zero on the controls held at a bound (``K = -Quu_ff^-1 Qux`` on the
    free ones); ``Quu`` carries a per-start Levenberg-Marquardt term ``mu I`` that grows while
    ``Quu + mu I`` is not positive definite or no step helps, and shrinks after a good step;
-3. forward pass with a backtracking line search, all step sizes ``alpha`` rolled out at once;
-   ``u = clip(u_k + alpha k_k + K_k (x - x_k))``; each start keeps its best step that satisfies
-   the Armijo condition on the expected decrease.
+3. forward pass ``u = clip(u_k + alpha k_k + K_k (x - x_k))`` with a backtracking line
+   search: the full step for every start, then nine shorter ones rolled out at once for the
+   starts where it fails; each start keeps its best step that satisfies the Armijo condition
+   on the expected decrease.
 
-A start stops when its objective improves by less than ``tol`` (relative) or its
-regularisation exceeds ``mu_max``. The objective never increases, so a plan is never worse than
-its initial guess. `ilqr_expert_plans` runs `ilqr` from each of the problem's initial guesses
-and keeps, per start, the best successful plan.
+A start stops when its objective improves by less than ``tol`` (relative), when no decrease is
+predicted, or when its regularisation exceeds `MU_MAX`. The objective never increases, so a
+plan is never worse than its initial guess. `ilqr_expert_plans` runs `ilqr` from each of the
+problem's initial guesses and keeps, per start, the best successful plan.
 
 Assumption on `penalty_torch`: a sum of terms each depending on one state of one trajectory
 (e.g. a barrier per time step); its Hessian blocks are read off per time step.
