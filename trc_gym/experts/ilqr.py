@@ -36,6 +36,8 @@ Assumption on `penalty_torch`: a sum of terms each depending on one state of one
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -63,7 +65,7 @@ def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np
     target = problem.check_states(target, "target", batch=x0.shape[0])
     if max_iter < 0 or tol < 0:
         raise ValueError(f"max_iter and tol must be non-negative, got {max_iter}, {tol}")
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         x0_t = torch.from_numpy(x0)
         tgt = torch.from_numpy(target)
         U = problem.clip_controls(torch.from_numpy(U_init).clone())
@@ -79,6 +81,19 @@ def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np
             X[idx], U[idx], J[idx], mu[idx], done = out
             active[idx] = ~done
     return U.numpy(), J.numpy()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block. The solver's tensors are small (a few per
+    start and step), so more threads only add synchronisation, and on a busy machine their
+    spinning made a solve ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def objective_torch(problem: ControlProblem, states: Tensor, target: Tensor, U: Tensor) -> Tensor:
@@ -98,16 +113,17 @@ def ilqr_expert_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarra
     x0 = problem.check_states(x0, "x0")
     target = problem.check_states(target, "target", batch=x0.shape[0])
     options = {**getattr(problem, "ilqr_options", {}), **options}
-    guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
-               for g in problem.initial_guesses(x0, target)]
-    G, B = len(guesses), len(x0)
-    if G == 0:
-        raise ValueError(f"{problem.name}: initial_guesses returned no plan")
-    # All guesses in one batch: the solver's cost per iteration is mostly per-call overhead.
-    solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
-                  np.concatenate(guesses), **options)[0].reshape(G, B, *guesses[0].shape[1:])
-    candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
-    scores = np.stack([_score(problem, x0, target, plan) for plan in candidates])
+    with one_thread():  # the guesses' closed-loop rollouts are small-tensor work too
+        guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
+                   for g in problem.initial_guesses(x0, target)]
+        G, B = len(guesses), len(x0)
+        if G == 0:
+            raise ValueError(f"{problem.name}: initial_guesses returned no plan")
+        # All guesses in one batch: the solver's cost per iteration is mostly per-call overhead.
+        solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
+                      np.concatenate(guesses), **options)[0].reshape(G, B, *guesses[0].shape[1:])
+        candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
+        scores = np.stack([_score(problem, x0, target, plan) for plan in candidates])
     return candidates[scores.argmin(axis=0), np.arange(B)]
 
 
