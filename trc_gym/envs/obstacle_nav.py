@@ -58,8 +58,9 @@ obstacle.
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) on J plus an obstacle barrier
 ``1000 max(0, r_j + 0.1 - ||p_k - c_j||)^2`` (summed over steps and obstacles), started from
-the straight line and from detours through via points at ``x = 0`` (``y`` from -3.5 to 3.5 m),
-each flown by a clipped PD law; the best successful, collision-free plan per start is kept.
+the straight line and from detours through the via points ``(0, -2.5)``, ``(0, 0)`` and
+``(0, 2.5)`` m, each flown by a clipped PD law tracking a point that moves along the path; the
+best successful, collision-free plan per start is kept.
 
 ## Parameters
 | name | value | unit |

@@ -165,6 +165,7 @@ class Quadrotor2DEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = Quadrotor2DProblem
     view = (-3.0, 3.0, -3.0, 3.0)
+    thrusts: np.ndarray = np.full(2, HOVER)  # the thrusts [N] of the last step, for drawing
 
     def draw(self, canvas) -> None:
         """Side view: the path so far, the target hover point (green cross) and the body, its
@@ -183,8 +184,6 @@ class Quadrotor2DEnv(ControlEnv):
             hub = (x + side * ARM * c, z + side * ARM * s)
             canvas.rect((hub[0] - 0.05 * s, hub[1] + 0.05 * c), 0.16, 0.03, BODY, th)
             canvas.line(hub, (hub[0] + 0.1 * u * s, hub[1] - 0.1 * u * c), WARN, 3)
-
-    thrusts: np.ndarray = np.full(2, HOVER)  # the thrusts [N] of the last step, for drawing
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self.thrusts = np.full(2, HOVER)
