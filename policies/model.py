@@ -40,6 +40,7 @@ class TRCConfig:
     n_cycles: int = 2  # T: cycles per refinement step (gradients through the last only)
     n_refine: int = 3  # K: refinement steps (each decodes, simulates and feeds errors back)
     error_feedback: bool = True  # False: the error encoder sees zeros (ablation)
+    cost_gradient: bool = False  # also feed back dJ/du of the simulated plan (slower to learn)
 
     def __post_init__(self) -> None:
         if self.reasoning not in ("mlp", "attention"):
@@ -125,7 +126,8 @@ class TinyRecursiveControl(nn.Module):
         self.state_encoder = mlp(3 * n, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.initial_generator = mlp(d, config.hidden_dim, N * m)
-        self.error_encoder = mlp(steps_per_token * (2 * n + m + 3), config.hidden_dim, d)
+        n_features = 2 * n + 2 * m + 3 if config.cost_gradient else 2 * n + m + 3
+        self.error_encoder = mlp(steps_per_token * n_features, config.hidden_dim, d)
         self.reasoning = RecursiveReasoning(config)
         self.control_decoder = mlp(d, config.hidden_dim, steps_per_token * m)
         # Fixed, as in TRM: with T >= 2 the first cycles run without gradients, so a learned
@@ -144,22 +146,35 @@ class TinyRecursiveControl(nn.Module):
         return self.state_encoder(features)
 
     def error_features(self, x0: Tensor, target: Tensor, controls: Tensor) -> Tensor:
-        """Simulate ``controls`` and describe the outcome per time step ``[B, N, 2n + m + 3]``:
+        """Simulate ``controls`` and describe the outcome per time step ``[B, N, F]``:
         tracking error after the step, terminal error, the control, the step's state and
-        control cost and the plan's total cost (errors scaled, costs log-compressed)."""
-        states = self.problem.rollout_torch(x0, controls)
-        errors = self.problem.state_error(states, target[:, None]) / self.state_scale
-        terms = self.problem.cost_terms_torch(states, target, controls)
-        total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+        control cost, the plan's total cost, and (``cost_gradient``) the sensitivity of the
+        total cost to each control, ``dJ/du_k``, by backpropagation through the simulation.
+        Errors are scaled by the state box, costs log-compressed, the sensitivity made relative
+        to the total cost. The plan is measured, not differentiated through: the features are
+        observations of it."""
+        probe = controls.detach().requires_grad_(self.config.cost_gradient)
+        with torch.enable_grad():
+            states = self.problem.rollout_torch(x0.detach(), probe)
+            terms = self.problem.cost_terms_torch(states, target, probe)
+            total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+            if self.config.cost_gradient:
+                gradient = torch.autograd.grad(total.sum(), probe)[0]
+        errors = (self.problem.state_error(states, target[:, None]) / self.state_scale).detach()
+        terms = {k: v.detach() for k, v in terms.items()}
+        total = total.detach()
         N = controls.shape[1]
-        return torch.cat([
+        features = [
             errors[:, 1:],
             errors[:, -1:].expand(-1, N, -1),
-            (controls - self.u_mid) / self.u_half,
+            (probe.detach() - self.u_mid) / self.u_half,
             torch.log1p(terms["state"])[..., None],
             torch.log1p(terms["control"])[..., None],
             torch.log1p(total)[:, None, None].expand(-1, N, 1),
-        ], dim=-1)
+        ]
+        if self.config.cost_gradient:
+            features.append(gradient * self.u_half / (1.0 + total)[:, None, None])
+        return torch.cat(features, dim=-1)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x0: Tensor, target: Tensor, n_refine: int | None = None,

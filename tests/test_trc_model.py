@@ -35,12 +35,14 @@ def test_preset_sizes_match_the_seed(size):
     assert all(v > 0 for v in counts.values()) and len(counts) == 6  # five parts and the total
 
 
-@pytest.mark.parametrize("reasoning", ["mlp", "attention"])
+@pytest.mark.parametrize("reasoning,cost_gradient", [("mlp", False), ("attention", False),
+                                                     ("mlp", True)])
 @pytest.mark.parametrize("make_problem", [lambda: trc_gym.make_problem(DI), ThreeStateProblem])
-def test_shapes_and_bounds(make_problem, reasoning):
+def test_shapes_and_bounds(make_problem, reasoning, cost_gradient):
     problem = make_problem()
     model = TinyRecursiveControl(problem, TRCConfig(latent_dim=32, hidden_dim=32,
-                                                    reasoning=reasoning, n_refine=3))
+                                                    reasoning=reasoning, n_refine=3,
+                                                    cost_gradient=cost_gradient))
     x0 = torch.randn(5, problem.n_state) * 10  # far outside the training box
     out = model(x0, torch.zeros(5, problem.n_state))
     assert out["controls"].shape == (5, problem.horizon, problem.n_control)
