@@ -29,7 +29,7 @@ from trc_gym.datasets import Demonstrations
 @dataclass
 class BCConfig:
     epochs: int = 150
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
