@@ -54,7 +54,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/benchmark_bc")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (one: small matrices gain nothing from more)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -74,15 +77,12 @@ def main() -> None:
         policy = TRCPolicy.create(args.env, preset, **overrides)
         start = time.perf_counter()
         train_bc(policy, data, BCConfig(epochs=args.epochs, seed=args.seed),
-                 run_dir=out / f"{name}.run")
+                 run_dir=out / f"{name}.run", progress=False)
         train_seconds = time.perf_counter() - start
         policy.save(out / f"{name}.pt")
         metrics = trc_gym.evaluate(policy, args.env, args.episodes)
         iterate_costs = evaluate_iterates(policy, x0, target)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         metrics["ms_per_plan_batch1024"] = batch_ms_per_plan(policy, x0[:1024], target[:1024])
-        torch.set_num_threads(threads)
         metrics.update(parameters=policy.n_parameters, train_seconds=train_seconds,
                        epochs=policy.metadata["bc_epochs"], iterate_costs=iterate_costs)
         rows[name], policies[name] = metrics, policy

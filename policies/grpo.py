@@ -39,16 +39,16 @@ class GRPOConfig:
     group_size: int = 32  # G: sampled plans per start
     antithetic: bool = True  # draw the group as G/2 mirrored pairs mu +- eps
     epochs: int = 2  # clipped-ratio epochs per batch (GRPO only)
-    lr: float = 2e-5
-    warmup_iterations: int = 10  # linear learning-rate warm-up (Adam's first steps are large)
-    init_std: float = 0.003  # initial std as a fraction of the control half-range
-    min_std: float = 5e-4  # floor of the std (same units)
+    lr: float = 5e-6  # peak learning rate: linear warm-up, then cosine decay to 10%
+    warmup_iterations: int = 10  # (Adam's first steps are large)
+    init_std: float = 5e-4  # initial std as a fraction of the control half-range
+    min_std: float = 1e-4  # floor of the std (same units)
     std_lr: float = 1e-3  # learning rate of the log-std
     clip: float = 0.2
     kl_coef: float = 1e-3  # weight of KL(policy || frozen cloned policy), per plan
     algo: str = "grpo"  # "grpo" or "reinforce"
     grad_clip: float = 1.0
-    eval_every: int = 10
+    eval_every: int = 5
     eval_starts: int = 512  # validation starts (own seed; never the held-out test starts)
     seed: int = 0
 
@@ -125,8 +125,14 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         {"params": planner.model.parameters(), "lr": config.lr},
         {"params": [planner.log_std], "lr": config.std_lr},
     ])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / max(1, config.warmup_iterations)))
+    def schedule(i: int) -> float:
+        if i < config.warmup_iterations:
+            return (i + 1) / config.warmup_iterations
+        progress = (i - config.warmup_iterations) / max(1, config.iterations
+                                                        - config.warmup_iterations)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def validation_cost() -> float:
         return float(problem.cost(val_x0, val_target, policy.plan(val_x0, val_target)).mean())
