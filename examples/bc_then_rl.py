@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="small", choices=["small", "medium", "large"])
     parser.add_argument("--samples", type=int, help="expert demonstrations")
     parser.add_argument("--bc-epochs", type=int)
+    parser.add_argument("--bc-cost-weight", type=float, default=1.0,
+                        help="weight of the true-cost term in cloning (0: pure imitation, "
+                             "much faster on long nonlinear horizons)")
     parser.add_argument("--rl-iterations", type=int)
     parser.add_argument("--ppo-steps", type=int, help="PPO env steps (default: tuned budget)")
     parser.add_argument("--no-ppo", action="store_true", help="skip the PPO baseline")
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Behaviour cloning.
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, args.size)
-    bc_history = train_bc(policy, data, BCConfig(epochs=budget.bc_epochs, seed=args.seed),
+    bc_config = BCConfig(epochs=budget.bc_epochs, seed=args.seed,
+                         cost_weight=args.bc_cost_weight)
+    bc_history = train_bc(policy, data, bc_config,
                           run_dir=out / "trc_bc.run", progress=progress)
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start
     policy.save(out / "trc_bc.pt")
