@@ -96,6 +96,24 @@ class UnitActionWrapper(gym.ActionWrapper):
         return to_physical(action, self.low, self.high).astype(np.float32)
 
 
+class ScaleReward(gym.RewardWrapper):
+    """Multiplies the reward by a constant (training only; evaluation reads the raw env)."""
+
+    def __init__(self, env: gym.Env, scale: float):
+        super().__init__(env)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"reward_scale must be a positive number, got {scale}")
+        self.scale = float(scale)
+
+    def reward(self, reward: float) -> float:
+        return self.scale * reward
+
+
+def _training_wrappers(env: gym.Env, reward_scale: float = 1.0) -> gym.Env:
+    env = UnitActionWrapper(env)
+    return ScaleReward(env, reward_scale) if reward_scale != 1.0 else env
+
+
 # ---------------------------------------------------------------------- observations
 @dataclass(frozen=True)
 class ObservationNormalizer:
@@ -247,11 +265,13 @@ def acting_parameters(model: BaseAlgorithm) -> int:
 # --------------------------------------------------------------------- environments
 def make_training_env(env_id: str, n_envs: int = 1, seed: int = 0,
                       env_kwargs: dict | None = None, vec_env: str = "dummy",
-                      normalize: dict | None = None, gamma: float = 1.0) -> VecEnv:
+                      normalize: dict | None = None, gamma: float = 1.0,
+                      reward_scale: float = 1.0) -> VecEnv:
     """The vectorised training env: ``n_envs`` copies of ``gym.make("trc_gym:<env_id>")``
     (the module prefix lets subprocesses import and register the package), each with a
-    ``Monitor`` and `UnitActionWrapper`, seeded ``seed + rank``, under ``VecNormalize`` when
-    ``normalize`` asks for observation or reward normalisation."""
+    ``Monitor`` (raw returns), `UnitActionWrapper` and, unless 1, `ScaleReward`, seeded
+    ``seed + rank``, under ``VecNormalize`` when ``normalize`` asks for observation or reward
+    normalisation."""
     env_class(base_env_id(env_id))  # ValueError naming the registered ids
     if n_envs < 1:
         raise ValueError(f"n_envs must be positive, got {n_envs}")
@@ -259,7 +279,8 @@ def make_training_env(env_id: str, n_envs: int = 1, seed: int = 0,
     if vec_env not in classes:
         raise ValueError(f"vec_env must be one of {sorted(classes)}, got {vec_env!r}")
     venv = make_vec_env(f"trc_gym:{base_env_id(env_id)}", n_envs=n_envs, seed=seed,
-                        env_kwargs=env_kwargs, wrapper_class=UnitActionWrapper,
+                        env_kwargs=env_kwargs, wrapper_class=_training_wrappers,
+                        wrapper_kwargs={"reward_scale": float(reward_scale)},
                         vec_env_cls=classes[vec_env])
     normalize = dict(normalize or {})
     unknown = set(normalize) - {"norm_obs", "norm_reward", "clip_obs", "clip_reward"}
@@ -487,7 +508,8 @@ def train_agent(algo: str, env_id: str, total_timesteps: int | None = None, seed
         out.mkdir(parents=True, exist_ok=True)
 
     venv = make_training_env(env_id, params["n_envs"], seed, env_kwargs, vec_env,
-                             params["normalize"], float(kwargs.get("gamma", 0.99)))
+                             params["normalize"], float(kwargs.get("gamma", 0.99)),
+                             float(params.get("reward_scale", 1.0)))
     model = ALGORITHMS[algo]("MlpPolicy", venv, seed=seed, device="cpu", verbose=verbose,
                              **kwargs)
     space = env_class(env_id)(**(env_kwargs or {})).action_space
