@@ -184,7 +184,19 @@ TABLE_COLUMNS = {
 
 
 def train_ppo_job(env_id: str, steps: int | None, seed: int, out_dir: Path) -> None:
-    """Train PPO in a worker process; the agent is saved under ``out_dir``."""
+    """Train PPO in a worker process; the agent is saved under ``out_dir``. The worker ends
+    itself if the main job dies (so no orphan keeps writing into the run folder)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(1)
     from baselines.sb3 import train_ppo
 
