@@ -105,6 +105,7 @@ def save(data: Demonstrations, path: str | Path) -> Path:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, metadata=np.array(json.dumps(data.metadata)),
                      **{k: getattr(data, k) for k in ARRAYS})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
