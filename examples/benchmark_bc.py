@@ -6,7 +6,9 @@ parameters and milliseconds per plan at batch 1 and batch 1024.
                                                             # error feedback, small with attention
     python examples/benchmark_bc.py --models small small-no-feedback --epochs 50
 
-Writes ``--out``/benchmark.md, benchmark.json, refinement.png and trajectories.png.
+Writes ``--out``/benchmark.md, benchmark.json, refinement.png and trajectories.png, and keeps
+each trained model (``<model>.pt``, logs in ``<model>.run/``): a rerun only evaluates those
+(``--retrain`` trains them again), so models can be added one invocation at a time.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import numpy as np
 import torch
 
 import trc_gym
-from policies import BCConfig, TRCPolicy, train_bc
+from policies import BCConfig, TRCPolicy, load_policy, train_bc
 from policies.bc import evaluate_iterates
+from policies.run_log import read_rows
 from trc_gym import datasets
 from trc_gym.evaluation import expert_costs
 
@@ -54,6 +57,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/benchmark_bc")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train every model again (default: reuse OUT/<model>.pt)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (one: small matrices gain nothing from more)")
     args = parser.parse_args()
@@ -73,13 +78,16 @@ def main() -> None:
     rows, policies = {}, {}
     for name in args.models:
         preset, overrides = MODELS[name]
-        torch.manual_seed(args.seed)
-        policy = TRCPolicy.create(args.env, preset, **overrides)
-        start = time.perf_counter()
-        train_bc(policy, data, BCConfig(epochs=args.epochs, seed=args.seed),
-                 run_dir=out / f"{name}.run", progress=False)
-        train_seconds = time.perf_counter() - start
-        policy.save(out / f"{name}.pt")
+        checkpoint = out / f"{name}.pt"
+        if checkpoint.exists() and not args.retrain:  # trained by an earlier run: evaluate only
+            policy = load_policy(checkpoint)
+        else:
+            torch.manual_seed(args.seed)
+            policy = TRCPolicy.create(args.env, preset, **overrides)
+            train_bc(policy, data, BCConfig(epochs=args.epochs, seed=args.seed),
+                     run_dir=out / f"{name}.run", progress=False)
+            policy.save(checkpoint)
+        train_seconds = sum(row["seconds"] for row in read_rows(out / f"{name}.run" / "bc_log.csv"))
         metrics = trc_gym.evaluate(policy, args.env, args.episodes)
         iterate_costs = evaluate_iterates(policy, x0, target)
         metrics["ms_per_plan_batch1024"] = batch_ms_per_plan(policy, x0[:1024], target[:1024])
@@ -101,8 +109,8 @@ def main() -> None:
         {name: {f"k{k}": (r["iterate_costs"][k] if k < len(r["iterate_costs"]) else None)
                 for k in range(n_iterates)} for name, r in rows.items()},
         {f"k{k}": (f"iterate {k}", "{:.3f}") for k in range(n_iterates)})
-    report = (f"{args.env}, {args.samples} demonstrations, {args.epochs} epochs max, "
-              f"{args.episodes} held-out starts; expert mean cost {expert_cost:.3f}\n\n"
+    report = (f"{args.env}, {args.samples} demonstrations, {args.episodes} held-out starts; "
+              f"expert mean cost {expert_cost:.3f}\n\n"
               f"{table}\n\nMean cost of each refinement iterate (0: initial generator):\n\n"
               f"{iterate_table}\n")
     print("\n" + report)
