@@ -108,6 +108,8 @@ def trc_policies(env_id: str, run_dir: Path, args: argparse.Namespace):
             return {}, [*notes, f"TRC rows omitted: the main job failed (exit {done.returncode})"]
     results_file = run_dir / "results.json"
     record = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if record.get("command"):
+        notes.append(f"TRC checkpoints from `{record['command']}` (in `{run_dir}`)")
     out = {}
     for name, path in files.items():
         try:
@@ -217,7 +219,8 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
     ax_gap.axhline(1.0, color="gray", ls=":", lw=1, label="+1%")
     for ax in (ax_cost, ax_gap):
         ax.set_xscale("symlog", linthresh=1000)
-        ax.set_xlabel("environment steps")
+        ax.set_xlim(left=0)
+        ax.set_xlabel("environment steps (linear below 1000, log above)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax_cost.set_ylabel(f"mean cost J on {results['expert']['n_episodes']} held-out starts")
