@@ -125,6 +125,7 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         {"params": planner.model.parameters(), "lr": config.lr},
         {"params": [planner.log_std], "lr": config.std_lr},
     ])
+
     def schedule(i: int) -> float:
         if i < config.warmup_iterations:
             return (i + 1) / config.warmup_iterations
