@@ -203,6 +203,7 @@ class SB3Agent:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the agent is meant to be shared
         try:
             buffer = io.BytesIO()
             self.model.save(buffer)
