@@ -49,18 +49,20 @@ class TRCPolicy(PlanningPolicy):
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``."""
-        return self.iterates(x0, target)[-1]
+        return self._forward(x0, target)["controls"].double().numpy()
 
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final
         plan (what `plan` returns) last."""
+        return [u.double().numpy() for u in self._forward(x0, target)["iterates"]]
+
+    def _forward(self, x0: np.ndarray, target: np.ndarray) -> dict:
         x0 = self.problem.check_states(x0, "x0")
         target = self.problem.check_states(target, "target", batch=len(x0))
         self.model.eval()
         with torch.no_grad():
-            out = self.model(torch.as_tensor(x0, dtype=torch.float32),
-                             torch.as_tensor(target, dtype=torch.float32))
-        return [u.double().numpy() for u in out["iterates"]]
+            return self.model(torch.as_tensor(x0, dtype=torch.float32),
+                              torch.as_tensor(target, dtype=torch.float32))
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict:
