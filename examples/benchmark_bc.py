@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from policies import BCConfig, TRCPolicy, load_policy, train_bc
 from policies.bc import evaluate_iterates
 from policies.run_log import read_rows
 from trc_gym import datasets
-from trc_gym.evaluation import expert_costs
+from trc_gym.evaluation import batch_ms_per_plan, expert_costs
 
 MODELS = {  # name -> (preset, overrides)
     "small": ("small", {}),
@@ -35,17 +34,6 @@ MODELS = {  # name -> (preset, overrides)
     "small-no-feedback": ("small", {"error_feedback": False}),
     "small-attention": ("small", {"reasoning": "attention"}),
 }
-
-
-def batch_ms_per_plan(policy: TRCPolicy, x0: np.ndarray, target: np.ndarray) -> float:
-    """Amortised ms per plan when planning ``len(x0)`` starts in one call (best of 3)."""
-    policy.plan(x0, target)
-    best = np.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        policy.plan(x0, target)
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / len(x0)
 
 
 def main() -> None:

@@ -7,26 +7,13 @@ torch thread (batch 1 is what one robot waits for; intra-op threads only add ove
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
 import torch
 
 import trc_gym
 from baselines import ExpertPolicy
 from policies import load_policy
-from trc_gym.evaluation import plan_latency_ms
-
-
-def batch_ms_per_plan(policy, x0: np.ndarray, target: np.ndarray, repeats: int = 3) -> float:
-    """Amortised ms per plan when planning all of ``x0`` in one call (best of ``repeats``)."""
-    policy.plan(x0, target)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy.plan(x0, target)
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / len(x0)
+from trc_gym.evaluation import batch_ms_per_plan, plan_latency_ms
 
 
 def main() -> None:

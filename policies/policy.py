@@ -9,8 +9,6 @@ temp file in the same folder and renamed, so no half-written checkpoint is ever 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from policies.model import TinyRecursiveControl, TRCConfig
+from trc_gym.atomic import atomic_write
 from trc_gym.envs import make_problem
 from trc_gym.planning_policy import PlanningPolicy
 
@@ -77,19 +76,8 @@ class TRCPolicy(PlanningPolicy):
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` written atomically (see `trc_gym.atomic`)."""
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from trc_gym.atomic import atomic_write
 from trc_gym.envs import make_problem
 
 ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
@@ -97,20 +97,9 @@ def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None =
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` (.npz) atomically: a temp file in the same folder, renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, metadata=np.array(json.dumps(data.metadata)),
-                     **{k: getattr(data, k) for k in ARRAYS})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` (.npz) atomically (see `trc_gym.atomic`)."""
+    return atomic_write(path, lambda tmp: np.savez(
+        tmp, metadata=np.array(json.dumps(data.metadata)), **{k: getattr(data, k) for k in ARRAYS}))
 
 
 def load(path: str | Path, env_id: str | None = None) -> Demonstrations:
