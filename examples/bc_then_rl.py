@@ -30,6 +30,7 @@ from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from policies import BCConfig, GRPOConfig, TRCPolicy, finetune, load_policy, train_bc
 from policies.bc import evaluate_iterates
 from trc_gym import datasets
+from trc_gym.atomic import atomic_write
 from trc_gym.evaluation import HELD_OUT_SEED
 
 
@@ -212,9 +213,8 @@ def _load_matching(path: Path, env_id: str, samples: int, seed: int):
 
 
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=float))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1,
+                                                                   default=float)))
 
 
 # ---------------------------------------------------------------------------------- plots
