@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=BCConfig.lr, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/benchmark_bc")
     parser.add_argument("--retrain", action="store_true",
@@ -72,7 +73,7 @@ def main() -> None:
         else:
             torch.manual_seed(args.seed)
             policy = TRCPolicy.create(args.env, preset, **overrides)
-            train_bc(policy, data, BCConfig(epochs=args.epochs, seed=args.seed),
+            train_bc(policy, data, BCConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
                      run_dir=out / f"{name}.run", progress=False)
             policy.save(checkpoint)
         train_seconds = sum(row["seconds"] for row in read_rows(out / f"{name}.run" / "bc_log.csv"))
