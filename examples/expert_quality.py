@@ -13,8 +13,6 @@ divided by the number of starts. The table goes to ``--out`` (markdown) and to s
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 import trc_gym
+from trc_gym.atomic import atomic_write
 from trc_gym.evaluation import HELD_OUT_SEED
 from trc_gym.experts.lqr import clipped_lqr_plans
 from trc_gym.problem import NonlinearProblem
@@ -95,16 +94,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def main() -> None:

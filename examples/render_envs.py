@@ -8,8 +8,6 @@ then stepped with its expert's plan for a fraction of the horizon before the fra
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,6 +15,7 @@ import matplotlib.image
 import numpy as np
 
 import trc_gym
+from trc_gym.atomic import atomic_write
 
 
 def picture_name(env_id: str) -> str:
@@ -42,16 +41,7 @@ def render_frame(env_id: str, seed: int, fraction: float) -> np.ndarray:
 
 def save_png(frame: np.ndarray, path: Path) -> None:
     """Write ``frame`` to ``path`` atomically (temp file in the same folder, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        matplotlib.image.imsave(tmp, frame)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: matplotlib.image.imsave(tmp, frame, format="png"))
 
 
 def main() -> None:
