@@ -1,7 +1,7 @@
 """Every method on every registered env, judged on the same held-out starts by the one shared
 evaluation (`trc_gym.evaluate`): expert, TRC cloned, TRC fine-tuned, PPO, SAC, random, zero.
 
-    python examples/compare.py --envs TRC-DoubleIntegrator-v0        # about 10 min on 2 cores
+    python examples/compare.py --envs TRC-DoubleIntegrator-v0        # about 12 min on 2 cores
     python examples/compare.py                                       # every registered env
 
 Trained models are cached under ``--cache`` (default ``runs/compare/<env>/``): PPO and SAC in
