@@ -31,7 +31,9 @@ from policies import BCConfig, GRPOConfig, TRCPolicy, finetune, load_policy, tra
 from policies.bc import evaluate_iterates
 from trc_gym import datasets
 from trc_gym.atomic import atomic_write
-from trc_gym.evaluation import HELD_OUT_SEED
+from trc_gym.evaluation import HELD_OUT_SEED, acts_by_plan, step_episodes
+
+MPC = "TRC fine-tuned (MPC)"  # the fine-tuned planner replanning from every state it reaches
 
 
 @dataclass
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. Everything on the same held-out starts, with the one evaluation.
     policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load_policy(out / "trc_bc.pt"),
-                "TRC fine-tuned": load_policy(out / "trc_rl.pt")}
+                "TRC fine-tuned": load_policy(out / "trc_rl.pt"),
+                MPC: load_policy(out / "trc_rl.pt", receding_horizon=True)}
     if ppo is not None:
         policies["PPO"] = ppo
     policies.update({"random": RandomPolicy(env_id, seed=args.seed), "zero": ZeroPolicy(env_id)})
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, candidate in policies.items():
         results[name] = trc_gym.evaluate(candidate, env_id, budget.episodes, HELD_OUT_SEED)
     results["expert"].update(parameters=None, env_steps=0)
-    for name in ("TRC cloned", "TRC fine-tuned"):
+    for name in ("TRC cloned", "TRC fine-tuned", MPC):
         meta = policies[name].metadata
         results[name].update(parameters=policies[name].n_parameters,
                              expert_solves=meta["bc_expert_solves"],
@@ -177,7 +180,7 @@ TABLE_COLUMNS = {
     "success_rate": ("success", "{:.1%}"),
     "terminal_error": ("terminal error", "{:.4f}"),
     "effort": ("effort", "{:.3f}"),
-    "ms_per_plan": ("ms/plan", "{:.2f}"),
+    "ms_per_plan": ("ms/episode", "{:.2f}"),  # one plan, or N predict calls (MPC, PPO)
     "parameters": ("parameters", "{:,}"),
     "expert_solves": ("expert solves", "{:,}"),
     "env_steps": ("env steps", "{:,}"),
@@ -260,11 +263,11 @@ def plot_trajectories(policies: dict, env_id: str, x0: np.ndarray, target: np.nd
     for name, policy in policies.items():
         if name == "random":
             continue
-        if hasattr(policy, "plan"):
+        if acts_by_plan(policy):
             controls = policy.plan(x0, target)
+            states = problem.rollout(x0, controls)
         else:  # a stepped policy: run it through the env
-            controls = _stepped_controls(policy, env_id, x0, target)
-        states = problem.rollout(x0, controls)
+            controls, states, _, _ = step_episodes(policy, env_id, x0, target, None)
         for row in range(len(x0)):
             for j in range(n):
                 axes[row, j].plot(time_axis, states[row, :, j], label=name)
@@ -278,24 +281,6 @@ def plot_trajectories(policies: dict, env_id: str, x0: np.ndarray, target: np.nd
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _stepped_controls(policy, env_id: str, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-    import gymnasium as gym
-
-    env = gym.make(env_id)
-    all_controls = []
-    for i in range(len(x0)):
-        obs, _ = env.reset(options={"state": x0[i], "target": target[i]})
-        controls, done = [], False
-        while not done:
-            action, _ = policy.predict(obs, deterministic=True)
-            obs, _, terminated, truncated, _ = env.step(action)
-            controls.append(np.asarray(action, dtype=np.float64))
-            done = terminated or truncated
-        controls += [np.zeros_like(controls[0])] * (env.unwrapped.problem.horizon - len(controls))
-        all_controls.append(controls)
-    return np.array(all_controls)
 
 
 def plot_refinement(cloned: TRCPolicy, tuned: TRCPolicy, x0: np.ndarray, target: np.ndarray,

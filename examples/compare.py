@@ -1,5 +1,6 @@
 """Every method on every registered env, judged on the same held-out starts by the one shared
-evaluation (`trc_gym.evaluate`): expert, TRC cloned, TRC fine-tuned, PPO, SAC, random, zero.
+evaluation (`trc_gym.evaluate`): expert, TRC cloned, TRC fine-tuned (open loop, and replanning at
+every step as MPC), PPO, SAC, random, zero.
 
     python examples/compare.py --envs TRC-DoubleIntegrator-v0        # about 12 min on 2 cores
     python examples/compare.py                                       # every registered env
@@ -38,7 +39,8 @@ from trc_gym.evaluation import HELD_OUT_SEED
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = {"ppo": {"n_timesteps": 2048, "eval_freq": 1024},  # --quick: a smoke run
          "sac": {"n_timesteps": 600, "learning_starts": 200, "eval_freq": 300}}
-METHODS = ("expert", "TRC cloned", "TRC fine-tuned", "PPO", "SAC", "random", "zero")
+MPC = "TRC fine-tuned (MPC)"  # the fine-tuned planner replanning from every state (predict)
+METHODS = ("expert", "TRC cloned", "TRC fine-tuned", MPC, "PPO", "SAC", "random", "zero")
 COLUMNS = {  # key -> (header, format); a missing value prints '-'
     "mean_cost": ("mean cost", "{:.3f}"),
     "gap": ("gap to expert", "{:+.2%}"),
@@ -83,7 +85,8 @@ def sb3_agent(algo: str, env_id: str, run_dir: Path, args: argparse.Namespace):
 def trc_policies(env_id: str, run_dir: Path, args: argparse.Namespace):
     """``({name: (policy, extra columns)}, notes)`` for TRC cloned / fine-tuned, running the
     main job when the checkpoints are missing. Never raises: problems become notes."""
-    files = {"TRC cloned": run_dir / "trc_bc.pt", "TRC fine-tuned": run_dir / "trc_rl.pt"}
+    files = {"TRC cloned": run_dir / "trc_bc.pt", "TRC fine-tuned": run_dir / "trc_rl.pt",
+             MPC: run_dir / "trc_rl.pt"}
     try:
         from policies import load_policy
     except Exception as exc:  # the TRC package is being written beside this script
@@ -113,7 +116,7 @@ def trc_policies(env_id: str, run_dir: Path, args: argparse.Namespace):
     out = {}
     for name, path in files.items():
         try:
-            policy = load_policy(path)
+            policy = load_policy(path, receding_horizon=name == MPC)
         except Exception as exc:
             notes.append(f"{name} omitted: {path} does not load ({exc!r})")
             continue
@@ -164,11 +167,11 @@ def env_report(env_id: str, results: dict, curves: dict, notes: list[str],
              "selection; TRC: behaviour cloning plus fine-tuning, expert data generation not "
              "included); env steps: SB3 training steps + the validation steps spent on model "
              "selection, TRC the fine-tuning rollouts; ms/episode: one plan (planners) or N "
-             "`predict` calls (SB3).", "",
+             "`predict` calls (SB3, and TRC replanning at every step as MPC).", "",
              "| method | " + " | ".join(h for h, _ in COLUMNS.values()) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     lines += [format_row(name, results[name]) for name in METHODS if name in results]
-    targets = {name: results[name]["gap"] for name in ("TRC cloned", "TRC fine-tuned")
+    targets = {name: results[name]["gap"] for name in ("TRC cloned", "TRC fine-tuned", MPC)
                if name in results}
     if curves:
         lines += ["", "Sample efficiency: env steps each RL baseline needed (test gap at the "
@@ -206,7 +209,8 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
                      label=f"{algo} (checkpoints)")
         ax_gap.plot(steps, [100 * max(row["test_gap"], 1e-6) for row in curve], "o-", ms=3,
                     color=color, label=algo)
-    for label, color, marker in (("TRC cloned", "C2", "s"), ("TRC fine-tuned", "C3", "*")):
+    for label, color, marker in (("TRC cloned", "C2", "s"), ("TRC fine-tuned", "C3", "*"),
+                                 (MPC, "C4", "P")):
         if label in results and results[label].get("env_steps") is not None:
             x, row = results[label]["env_steps"], results[label]
             ax_cost.plot([x], [row["mean_cost"]], marker, ms=11, color=color,

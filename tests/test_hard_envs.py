@@ -365,7 +365,7 @@ def test_stepped_evaluation_pads_failed_episodes_like_the_batched_rollout():
     problem = make_problem(NAV)
     policy = ConstantPolicy(NAV, [2.0, 0.0])
     x0, target = trc_gym.held_out_starts(NAV, 6)
-    controls, states, costs, _ = evaluation._step_episodes(policy, NAV, x0, target, None)
+    controls, states, costs, _ = evaluation.step_episodes(policy, NAV, x0, target, None)
     plan = policy.plan(x0, target)
     failed = problem.constraint_violations(states)
     assert failed.any()  # some episodes ended early and were padded
@@ -377,6 +377,10 @@ def test_stepped_evaluation_pads_failed_episodes_like_the_batched_rollout():
     for key in ("mean_cost", "effort", "success_rate", "violations", "terminal_error"):
         assert stepped[key] == pytest.approx(batched[key], rel=1e-9), key
     assert stepped["violations"] == pytest.approx(failed.mean())
+    for batch in (1, 4):  # lockstep groups of any size step the same episodes
+        grouped = evaluation.step_episodes(policy, NAV, x0, target, None, batch=batch)
+        for a, b in zip(grouped[:3], (controls, states, costs), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_problems_without_failures_are_unchanged():

@@ -3,7 +3,8 @@ same numbers (the metrics of PROBLEMS.md).
 
 Anything with ``plan(x0, target) -> U`` is evaluated batched through the problem's rollout (the
 same states and cost as stepping the env, which a test pins); anything else with SB3's
-``predict`` is stepped through ``gym.make(env_id)`` episode by episode.
+``predict`` is stepped through ``gym.make(env_id)``, one env per episode, every episode's
+observation handed to ``predict`` as one batch per time step.
 """
 
 from __future__ import annotations
@@ -74,22 +75,25 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_
     group), control effort ``sum u'Ru``, success rate, the fraction of episodes with a
     constraint violation (controls issued outside the bound count), and ``ms_per_plan``: the
     median wall time to plan one episode at batch 1 (for a stepped policy: the mean time of
-    its N ``predict`` calls per episode).
+    its N ``predict`` calls per episode, stepping the first ``latency_samples`` episodes one at
+    a time).
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}")
     problem = make_problem(env_id, **(env_kwargs or {}))
     x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
     if use_plan is None:
-        use_plan = hasattr(policy, "plan")
+        use_plan = acts_by_plan(policy)
     if use_plan:
         controls = np.asarray(policy.plan(x0, target), dtype=np.float64)
         states = problem.rollout(x0, controls)
         costs = problem.cost(x0, target, controls)
         ms_per_plan = plan_latency_ms(policy, x0[:latency_samples], target[:latency_samples])
     else:
-        controls, states, costs, seconds = _step_episodes(policy, env_id, x0, target, env_kwargs)
-        ms_per_plan = 1000.0 * seconds / n_episodes
+        controls, states, costs, _ = step_episodes(policy, env_id, x0, target, env_kwargs)
+        k = min(latency_samples, n_episodes)  # latency: episodes one at a time, as one robot
+        seconds = step_episodes(policy, env_id, x0[:k], target[:k], env_kwargs, batch=1)[3]
+        ms_per_plan = 1000.0 * seconds / k
     metrics = trajectory_metrics(problem, target, controls, states, costs)
     expert = expert_costs(env_id, n_episodes, seed, env_kwargs)
     metrics["expert_cost"] = float(expert.mean())
@@ -97,6 +101,13 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_
     metrics["ms_per_plan"] = ms_per_plan
     metrics["n_episodes"] = n_episodes
     return metrics
+
+
+def acts_by_plan(policy: Any) -> bool:
+    """Whether ``policy`` acts by executing one plan per episode (evaluated batched through the
+    problem's rollout) rather than through ``predict`` (a receding-horizon planner replans at
+    every step, so it is stepped like any feedback policy)."""
+    return hasattr(policy, "plan") and not getattr(policy, "receding_horizon", False)
 
 
 def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray) -> float:
@@ -127,35 +138,50 @@ def batch_ms_per_plan(policy: Any, x0: np.ndarray, target: np.ndarray, repeats: 
     return 1000.0 * best / len(x0)
 
 
-def _step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
-                   env_kwargs: dict | None):
-    """Run each episode through ``gym.make(env_id)`` with ``policy.predict``. An episode that
-    ends early (a failure) is padded as the batched rollout pads it: its last state repeated,
-    with zero controls (clipped into the bound) that are never applied."""
-    env = gym.make(env_id, **(env_kwargs or {}))
-    all_controls, all_states, costs, seconds = [], [], [], 0.0
-    for i in range(len(x0)):
-        obs, info = env.reset(options={"state": x0[i], "target": target[i]})
-        controls, states, total, done, first = [], [info["state"]], 0.0, False, True
-        while not done:
+def step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
+                   env_kwargs: dict | None, batch: int | None = None):
+    """Run each episode through its own ``gym.make(env_id)`` with ``policy.predict``, in
+    lockstep groups of ``batch`` episodes (default: all at once), so the policy acts on a batch
+    of observations per time step. An episode that ends early (a failure) is padded as the
+    batched rollout pads it: its last state repeated, with zero controls (clipped into the
+    bound) that are never applied. Returns controls ``[B, N, m]``, states ``[B, N+1, n]``,
+    costs ``[B]`` and the total seconds spent in ``predict``."""
+    batch = batch or len(x0)
+    envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(min(batch, len(x0)))]
+    problem = envs[0].unwrapped.problem
+    resting = np.clip(np.zeros(problem.n_control), problem.u_low, problem.u_high)
+    controls = np.zeros((len(x0), problem.horizon, problem.n_control))
+    states = np.zeros((len(x0), problem.horizon + 1, problem.n_state))
+    costs, seconds = np.zeros(len(x0)), 0.0
+    for first in range(0, len(x0), batch):
+        group = np.arange(first, min(first + batch, len(x0)))
+        obs, running = [], np.ones(len(group), dtype=bool)
+        for env, i in zip(envs, group, strict=False):
+            o, info = env.reset(options={"state": x0[i], "target": target[i]})
+            obs.append(o)
+            states[i] = info["state"]  # the whole row, so a failed episode's tail repeats it
+        # Ended episodes keep their last observation in the batch (their actions are dropped),
+        # so the batch a stateful policy sees never changes size mid-episode.
+        for k in range(problem.horizon):
             start = time.perf_counter()
-            action, _ = policy.predict(obs, episode_start=np.array([first]), deterministic=True)
+            actions, _ = policy.predict(np.stack(obs), episode_start=np.full(len(obs), k == 0),
+                                        deterministic=True)
             seconds += time.perf_counter() - start
-            action = np.asarray(action, dtype=np.float64).reshape(-1)
-            obs, reward, terminated, truncated, info = env.step(action)
-            controls.append(action)
-            states.append(info["state"])
-            total -= reward
-            done, first = terminated or truncated, False
-        problem = env.unwrapped.problem
-        pad = problem.horizon - len(controls)
-        controls += [np.clip(np.zeros(problem.n_control), problem.u_low, problem.u_high)] * pad
-        states += [states[-1]] * pad
-        all_controls.append(controls)
-        all_states.append(states)
-        costs.append(total)
-    env.close()
-    return np.array(all_controls), np.array(all_states), np.array(costs), seconds
+            actions = np.asarray(actions, dtype=np.float64).reshape(len(obs), -1)
+            for j in np.flatnonzero(running):
+                i = group[j]
+                obs[j], reward, terminated, truncated, info = envs[j].step(actions[j])
+                controls[i, k] = actions[j]
+                states[i, k + 1:] = info["state"]
+                costs[i] -= reward
+                if terminated or truncated:
+                    running[j] = False
+                    controls[i, k + 1:] = resting
+            if not running.any():
+                break
+    for env in envs:
+        env.close()
+    return controls, states, costs, seconds
 
 
 COLUMNS = {  # metric key -> (header, format)
