@@ -119,3 +119,23 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     from policies import load_policy
 
     assert load_policy(tmp_path / "trc_rl.pt").metadata["rl_env_steps"] > 0
+
+
+def test_main_job_budget_layers_defaults_env_settings_and_command_line(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bc_then_rl", Path(__file__).parent.parent / "examples" / "bc_then_rl.py")
+    job = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bc_then_rl", job)  # dataclasses look their module up
+    spec.loader.exec_module(job)
+    di = job.make_budget(job.parse_args([]))
+    assert (di.samples, di.bc_batch_size, di.bc_cost_weight) == (10_000, 128, 1.0)
+    vdp = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0"]))
+    assert (vdp.bc_batch_size, vdp.bc_cost_weight) == (512, 0.0)
+    given = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0", "--quick",
+                                            "--bc-batch-size", "64", "--refinement-steps", "2"]))
+    assert (given.samples, given.bc_batch_size, given.refinement_steps) == (1000, 64, 2)
+    assert job.FULL.bc_batch_size == 128  # the defaults themselves are never modified
