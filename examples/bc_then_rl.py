@@ -53,10 +53,10 @@ FULL = Budget(samples=10_000, bc_epochs=150, rl_iterations=100, ppo_steps=None, 
 QUICK = Budget(samples=1000, bc_epochs=3, rl_iterations=3, ppo_steps=1024, episodes=50)
 # Per-env settings over the defaults above (the command line overrides both). Van der Pol's
 # plans are 100 RK4 steps long: the cost term's backward pass through them would make cloning
-# many times slower, while imitation alone with more refinement steps and larger batches (the
-# rollouts cost per call, not per plan) gets there; README's Van der Pol section measures it.
+# many times slower, while imitation alone with larger batches (a rollout's cost is per call,
+# hardly per plan) gets there; README's Van der Pol section measures it.
 ENV_SETTINGS: dict[str, dict] = {
-    "TRC-VanDerPol-v0": {"bc_batch_size": 512, "bc_cost_weight": 0.0, "refinement_steps": 6},
+    "TRC-VanDerPol-v0": {"bc_batch_size": 512, "bc_cost_weight": 0.0},
 }
 OVERRIDABLE = ("samples", "bc_epochs", "rl_iterations", "ppo_steps", "episodes", "bc_batch_size",
                "bc_lr", "bc_cost_weight", "refinement_steps")

@@ -134,7 +134,7 @@ def test_main_job_budget_layers_defaults_env_settings_and_command_line(monkeypat
     di = job.make_budget(job.parse_args([]))
     assert (di.samples, di.bc_batch_size, di.bc_cost_weight) == (10_000, 128, 1.0)
     vdp = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0"]))
-    assert (vdp.bc_batch_size, vdp.bc_cost_weight) == (512, 0.0)
+    assert (vdp.bc_batch_size, vdp.bc_cost_weight, vdp.refinement_steps) == (512, 0.0, 3)
     given = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0", "--quick",
                                             "--bc-batch-size", "64", "--refinement-steps", "2"]))
     assert (given.samples, given.bc_batch_size, given.refinement_steps) == (1000, 64, 2)
