@@ -85,6 +85,25 @@ def test_evaluate_expert_is_optimal_and_stepped_path_agrees():
         assert stepped[key] == pytest.approx(batched[key], rel=1e-5, abs=1e-7)
 
 
+def test_receding_horizon_policy_is_stepped_and_cannot_beat_the_open_loop_optimum():
+    from trc_gym.evaluation import acts_by_plan, step_episodes
+
+    mpc = ExpertPolicy(DI, receding_horizon=True)
+    assert acts_by_plan(ExpertPolicy(DI)) and not acts_by_plan(mpc)
+    x0, target = trc_gym.held_out_starts(DI, 30)
+    controls, states, costs, _ = step_episodes(mpc, DI, x0, target, None)
+    optimal = ExpertPolicy(DI).plan(x0, target)
+    # The same first move (up to float32: observations and actions are float32).
+    np.testing.assert_allclose(controls[:, 0], optimal[:, 0], rtol=1e-5, atol=1e-6)
+    problem = trc_gym.make_problem(DI)
+    np.testing.assert_allclose(costs, problem.cost(x0, target, controls), rtol=1e-9)
+    # Deterministic dynamics: replanning can only match or lose to the exact open-loop optimum.
+    assert np.all(costs >= problem.cost(x0, target, optimal) * (1.0 - 1e-6))
+    assert problem.success(states, target).all()
+    metrics = trc_gym.evaluate(mpc, DI, n_episodes=30, latency_samples=2)  # stepped by default
+    assert metrics["mean_cost"] == pytest.approx(costs.mean(), rel=1e-12)
+
+
 def test_evaluate_orders_baselines():
     expert = trc_gym.evaluate(ExpertPolicy(DI), DI, n_episodes=100)
     zero = trc_gym.evaluate(ZeroPolicy(DI), DI, n_episodes=100)
