@@ -28,7 +28,7 @@ import torch
 import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from policies import BCConfig, GRPOConfig, TRCConfig, TRCPolicy, finetune, load_policy, train_bc
-from policies.bc import evaluate_iterates
+from policies.bc import PRESET_LR, evaluate_iterates
 from trc_gym import datasets
 from trc_gym.atomic import atomic_write
 from trc_gym.evaluation import HELD_OUT_SEED, acts_by_plan, step_episodes
@@ -44,7 +44,7 @@ class Budget:
     ppo_steps: int | None  # None: the tuned budget of baselines.hyperparameters
     episodes: int
     bc_batch_size: int = BCConfig.batch_size
-    bc_lr: float = BCConfig.lr
+    bc_lr: float | None = None  # None: the size's (policies.bc.PRESET_LR)
     bc_cost_weight: float = BCConfig.cost_weight
     refinement_steps: int = TRCConfig.n_refine
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, args.size, n_refine=budget.refinement_steps)
     bc_config = BCConfig(epochs=budget.bc_epochs, batch_size=budget.bc_batch_size,
-                         lr=budget.bc_lr, cost_weight=budget.bc_cost_weight, seed=args.seed)
+                         lr=budget.bc_lr or PRESET_LR[args.size],
+                         cost_weight=budget.bc_cost_weight, seed=args.seed)
     bc_history = train_bc(policy, data, bc_config,
                           run_dir=out / "trc_bc.run", progress=progress)
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start

@@ -22,7 +22,7 @@ import torch
 
 import trc_gym
 from policies import BCConfig, TRCPolicy, load_policy, train_bc
-from policies.bc import evaluate_iterates
+from policies.bc import PRESET_LR, evaluate_iterates
 from policies.run_log import read_rows
 from trc_gym import datasets
 from trc_gym.evaluation import batch_ms_per_plan, expert_costs
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=BCConfig.lr, help="peak learning rate")
+    parser.add_argument("--lr", type=float,
+                        help="peak learning rate of every model (default: each preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/benchmark_bc")
     parser.add_argument("--retrain", action="store_true",
@@ -73,7 +74,8 @@ def main() -> None:
         else:
             torch.manual_seed(args.seed)
             policy = TRCPolicy.create(args.env, preset, **overrides)
-            train_bc(policy, data, BCConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
+            lr = args.lr or PRESET_LR[preset]
+            train_bc(policy, data, BCConfig(epochs=args.epochs, lr=lr, seed=args.seed),
                      run_dir=out / f"{name}.run", progress=False)
             policy.save(checkpoint)
         train_seconds = sum(row["seconds"] for row in read_rows(out / f"{name}.run" / "bc_log.csv"))

@@ -32,13 +32,15 @@ def cmd_train_bc(args: argparse.Namespace) -> None:
     import torch
 
     from policies import BCConfig, TRCPolicy, train_bc
+    from policies.bc import PRESET_LR
     from trc_gym import datasets
 
     data = datasets.load(args.data, env_id=args.env)
     torch.manual_seed(args.seed)
     policy = TRCPolicy.create(args.env, args.size, env_kwargs=data.metadata.get("env_kwargs"),
                               **json.loads(args.model))
-    config = BCConfig(epochs=args.epochs, seed=args.seed, cost_weight=args.cost_weight)
+    config = BCConfig(epochs=args.epochs, lr=args.lr or PRESET_LR[args.size], seed=args.seed,
+                      cost_weight=args.cost_weight)
     out = Path(args.out)
     train_bc(policy, data, config, run_dir=out.with_suffix(".run"), resume=args.resume)
     policy.save(out)
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="{}",
                    help='JSON model overrides, e.g. \'{"reasoning": "attention"}\'')
     p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the size's)")
     p.add_argument("--cost-weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT.run/bc_state.pt")
