@@ -139,7 +139,7 @@ def batch_ms_per_plan(policy: Any, x0: np.ndarray, target: np.ndarray, repeats: 
 
 
 def step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
-                   env_kwargs: dict | None, batch: int | None = None):
+                  env_kwargs: dict | None, batch: int | None = None):
     """Run each episode through its own ``gym.make(env_id)`` with ``policy.predict``, in
     lockstep groups of ``batch`` episodes (default: all at once), so the policy acts on a batch
     of observations per time step. An episode that ends early (a failure) is padded as the
