@@ -27,7 +27,7 @@ from trc_gym.datasets import Demonstrations
 
 # Peak learning rates that clone each preset well (double integrator, README's benchmark): the
 # deeper, wider presets need smaller steps (medium: +0.115% at 5e-4, +0.144% at 3e-4, +4.9%
-# after 100 epochs at the small planner's 2e-3).
+# after 100 epochs at the small planner's 2e-3; large: +0.111% at 2e-4, +0.112% at 3e-4).
 PRESET_LR = {"small": 2e-3, "medium": 5e-4, "large": 2e-4}
 
 
