@@ -200,6 +200,12 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save_figure(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     name = env_id.removeprefix("TRC-").removesuffix("-v0")
     expert = results["expert"]["mean_cost"]
     fig, (ax_cost, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -231,10 +237,7 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
     ax_gap.set_yscale("log")
     ax_gap.set_ylabel("gap to expert (%)")
     fig.suptitle(f"{env_id}: PPO / SAC learning curves vs the TRC planner")
-    fig.tight_layout()
-    curves_png = out / f"{name}_curves.png"
-    fig.savefig(curves_png, dpi=110)
-    plt.close(fig)
+    curves_png = save_figure(fig, out / f"{name}_curves.png")
 
     methods = [m for m in METHODS if m in results and m != "expert"]
     gaps = [100 * results[m]["gap"] for m in methods]
@@ -247,10 +250,7 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
     ax.invert_yaxis()
     ax.set_xlabel("gap to expert (%, log scale)")
     ax.set_title(f"{env_id}: gap to the expert on the same held-out starts")
-    fig.tight_layout()
-    gaps_png = out / f"{name}_gaps.png"
-    fig.savefig(gaps_png, dpi=110)
-    plt.close(fig)
+    gaps_png = save_figure(fig, out / f"{name}_gaps.png")
     return [curves_png, gaps_png]
 
 
