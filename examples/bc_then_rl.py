@@ -33,7 +33,9 @@ from trc_gym import datasets
 from trc_gym.atomic import atomic_write
 from trc_gym.evaluation import HELD_OUT_SEED, acts_by_plan, step_episodes
 
-MPC = "TRC fine-tuned (MPC)"  # the fine-tuned planner replanning from every state it reaches
+# The planners replanning the full horizon from every state they reach (model-predictive control)
+MPC = "TRC fine-tuned (MPC)"
+CLONED_MPC = "TRC cloned (MPC)"
 
 
 @dataclass
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. Everything on the same held-out starts, with the one evaluation.
     policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load_policy(out / "trc_bc.pt"),
                 "TRC fine-tuned": load_policy(out / "trc_rl.pt"),
+                CLONED_MPC: load_policy(out / "trc_bc.pt", receding_horizon=True),
                 MPC: load_policy(out / "trc_rl.pt", receding_horizon=True)}
     if ppo is not None:
         policies["PPO"] = ppo
@@ -162,11 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, candidate in policies.items():
         results[name] = trc_gym.evaluate(candidate, env_id, budget.episodes, HELD_OUT_SEED)
     results["expert"].update(parameters=None, env_steps=0)
-    for name in ("TRC cloned", "TRC fine-tuned", MPC):
+    for name in ("TRC cloned", "TRC fine-tuned", CLONED_MPC, MPC):
         meta = policies[name].metadata
         results[name].update(parameters=policies[name].n_parameters,
                              expert_solves=meta["bc_expert_solves"],
-                             env_steps=meta.get("rl_env_steps", 0) if name != "TRC cloned" else 0,
+                             env_steps=meta.get("rl_env_steps", 0),
                              train_seconds=meta["bc_seconds"] + meta.get("rl_seconds", 0.0))
     if ppo is not None:
         results["PPO"].update(parameters=ppo.n_parameters, env_steps=ppo.info["env_steps"]
@@ -281,7 +284,7 @@ def plot_trajectories(policies: dict, env_id: str, x0: np.ndarray, target: np.nd
                              squeeze=False)
     time_axis = np.arange(problem.horizon + 1) * problem.dt
     for name, policy in policies.items():
-        if name == "random":
+        if name in ("random", CLONED_MPC):  # noise, and a near-copy of the fine-tuned MPC
             continue
         if acts_by_plan(policy):
             controls = policy.plan(x0, target)

@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--lr", type=float,
                         help="peak learning rate of every model (default: each preset's)")
+    parser.add_argument("--cost-weight", type=float, default=BCConfig.cost_weight,
+                        help="weight of the true-cost term in the cloning loss (0: imitation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/benchmark_bc")
     parser.add_argument("--retrain", action="store_true",
@@ -75,7 +77,8 @@ def main() -> None:
             torch.manual_seed(args.seed)
             policy = TRCPolicy.create(args.env, preset, **overrides)
             lr = args.lr or PRESET_LR[preset]
-            train_bc(policy, data, BCConfig(epochs=args.epochs, lr=lr, seed=args.seed),
+            train_bc(policy, data, BCConfig(epochs=args.epochs, lr=lr, seed=args.seed,
+                                                 cost_weight=args.cost_weight),
                      run_dir=out / f"{name}.run", progress=False)
             policy.save(checkpoint)
         train_seconds = sum(row["seconds"] for row in read_rows(out / f"{name}.run" / "bc_log.csv"))

@@ -2,8 +2,9 @@
 
 Deep supervision: every refinement iterate gets the loss (the carry is detached between steps
 inside the model while training), the loss being the squared error to the expert's plan in
-normalised units plus, optionally, the plan's true cost through the differentiable dynamics as a
-relative excess over the expert's (``J(U) / J* - 1``, zero only at the optimum). AdamW with
+normalised units plus, optionally, the plan's true cost through the differentiable dynamics as an
+excess over the expert's, ``mean(J(U) - J*) / mean J*`` (the validation gap's own form, zero only
+at the optimum). AdamW with
 warm-up and a cosine schedule, gradient clipping, an EMA of the weights for evaluation, early
 stopping on the validation cost gap; logs to CSV (and TensorBoard if installed); resumable from
 the state written after every epoch; the same seed gives the same weights.
@@ -47,8 +48,12 @@ class BCConfig:
 
 
 def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: torch.Tensor,
-            expert_cost: torch.Tensor, cost_weight: float) -> tuple[torch.Tensor, dict]:
-    """Deep-supervision loss summed over iterates; returns it and per-term means (floats)."""
+            expert_cost: torch.Tensor, cost_scale: float,
+            cost_weight: float) -> tuple[torch.Tensor, dict]:
+    """Deep-supervision loss summed over iterates; returns it and per-term means (floats).
+    The cost term is the batch's excess cost in units of ``cost_scale`` (the data's mean expert
+    cost), like the gap it is judged by; a per-plan ratio ``J / J*`` would put most of its
+    weight on the starts that are already at the target, where ``J*`` is near zero."""
     model = policy.model
     iterates = model(x0, target)["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
@@ -58,7 +63,7 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
                                  - target_norm).square().mean()
         if cost_weight > 0:
             cost = policy.problem.cost_torch(x0, target, controls)
-            excess_total = excess_total + (cost / expert_cost - 1.0).mean()
+            excess_total = excess_total + (cost - expert_cost).mean() / cost_scale
     loss = (mse_total + cost_weight * excess_total) / len(iterates)
     return loss, {"mse": float(mse_total.detach()) / len(iterates),
                   "excess": float(excess_total.detach()) / len(iterates)}
@@ -84,6 +89,7 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
     train, val = data.split(1.0 - config.val_fraction, seed=config.seed)
     tensors = [torch.as_tensor(a, dtype=torch.float32) for a in
                (train.initial_states, train.target_states, train.controls, train.costs)]
+    cost_scale = float(train.costs.mean())
     model = policy.model.train()
     ema = copy.deepcopy(model).eval()
     ema_policy = TRCPolicy(ema, policy.env_id, policy.env_kwargs)
@@ -124,7 +130,8 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         model.train()
         for b in range(batches):
             index = order[b * config.batch_size:(b + 1) * config.batch_size]
-            loss, terms = bc_loss(policy, *(t[index] for t in tensors), config.cost_weight)
+            loss, terms = bc_loss(policy, *(t[index] for t in tensors), cost_scale,
+                                  config.cost_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

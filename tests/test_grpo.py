@@ -113,7 +113,7 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
                  "trajectories.png", "refinement.png", "data.npz"):
         assert (tmp_path / name).is_file(), name
     record = json.loads((tmp_path / "results.json").read_text())
-    assert set(record["results"]) == {"expert", "TRC cloned", "TRC fine-tuned",
+    assert set(record["results"]) == {"expert", "TRC cloned", "TRC fine-tuned", "TRC cloned (MPC)",
                                       "TRC fine-tuned (MPC)", "PPO", "random", "zero"}
     assert record["results"]["expert"]["gap"] == 0.0
     from policies import load_policy
