@@ -117,6 +117,8 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         best_state = state["best"]
         best_gap, bad_epochs, start_epoch = state["best_gap"], state["bad_epochs"], state["epoch"]
         history = read_rows(Path(run_dir) / "bc_log.csv")
+    elif run_dir:  # a new run: its log starts empty, not after an earlier run's rows
+        (Path(run_dir) / "bc_log.csv").unlink(missing_ok=True)
     if run_dir:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     writer = tensorboard_writer(run_dir, "bc")

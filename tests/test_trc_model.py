@@ -183,3 +183,5 @@ def test_cloning_is_deterministic_and_resumable(small_data, tmp_path, monkeypatc
     x0, target = trc_gym.held_out_starts(DI, 32)
     np.testing.assert_allclose(resumed.plan(x0, target), a.plan(x0, target), atol=1e-6)
     assert (tmp_path / "bc_log.csv").read_text().count("\n") == 4  # header + 3 epochs
+    _train(small_data, 3, run_dir=tmp_path)  # a new run in the same folder: a new log
+    assert (tmp_path / "bc_log.csv").read_text().count("\n") == 4
