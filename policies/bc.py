@@ -41,7 +41,7 @@ class BCConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.995
-    cost_weight: float = 1.0  # weight of the true-cost term J(U)/J* - 1 (0: pure imitation)
+    cost_weight: float = 1.0  # weight of the true-cost term mean(J - J*) / mean J* (0: imitation)
     val_fraction: float = 0.1
     patience: int = 40  # epochs without a better validation gap before stopping
     seed: int = 0

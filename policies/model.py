@@ -145,29 +145,34 @@ class TinyRecursiveControl(nn.Module):
         features = torch.cat([x0, target, error], dim=-1) / self.state_scale.repeat(3)
         return self.state_encoder(features)
 
-    def error_features(self, x0: Tensor, target: Tensor, controls: Tensor) -> Tensor:
+    def error_features(self, x0: Tensor, target: Tensor, controls: Tensor,
+                       differentiable: bool = False) -> Tensor:
         """Simulate ``controls`` and describe the outcome per time step ``[B, N, F]``:
         tracking error after the step, terminal error, the control, the step's state and
         control cost, the plan's total cost, and (``cost_gradient``) the sensitivity of the
         total cost to each control, ``dJ/du_k``, by backpropagation through the simulation.
         Errors are scaled by the state box, costs log-compressed, the sensitivity made relative
         to the total cost. The plan is measured, not differentiated through: the features are
-        observations of it."""
-        probe = controls.detach().requires_grad_(self.config.cost_gradient)
+        observations of it, unless ``differentiable`` (the exact gradient of the final plan,
+        which fine-tuning by policy gradient needs)."""
+        probe = controls if differentiable else controls.detach()
+        if self.config.cost_gradient and not probe.requires_grad:
+            probe = probe.requires_grad_()
         with torch.enable_grad():
-            states = self.problem.rollout_torch(x0.detach(), probe)
+            states = self.problem.rollout_torch(x0 if differentiable else x0.detach(), probe)
             terms = self.problem.cost_terms_torch(states, target, probe)
             total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
             if self.config.cost_gradient:
-                gradient = torch.autograd.grad(total.sum(), probe)[0]
-        errors = (self.problem.state_error(states, target[:, None]) / self.state_scale).detach()
-        terms = {k: v.detach() for k, v in terms.items()}
-        total = total.detach()
+                gradient = torch.autograd.grad(total.sum(), probe, create_graph=differentiable)[0]
+        errors = self.problem.state_error(states, target[:, None]) / self.state_scale
+        if not differentiable:
+            errors, total = errors.detach(), total.detach()
+            terms = {k: v.detach() for k, v in terms.items()}
         N = controls.shape[1]
         features = [
             errors[:, 1:],
             errors[:, -1:].expand(-1, N, -1),
-            (probe.detach() - self.u_mid) / self.u_half,
+            ((probe if differentiable else probe.detach()) - self.u_mid) / self.u_half,
             torch.log1p(terms["state"])[..., None],
             torch.log1p(terms["control"])[..., None],
             torch.log1p(total)[:, None, None].expand(-1, N, 1),
@@ -178,9 +183,12 @@ class TinyRecursiveControl(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x0: Tensor, target: Tensor, n_refine: int | None = None,
-                detach_between_steps: bool | None = None) -> dict[str, Tensor | list[Tensor]]:
+                detach_between_steps: bool | None = None,
+                exact_gradient: bool = False) -> dict[str, Tensor | list[Tensor]]:
         """Plan from ``x0 [B, n]`` to ``target [B, n]``. While training, the carry is detached
-        between refinement steps (deep supervision: each step learns from its own loss)."""
+        between refinement steps (deep supervision: each step learns from its own loss), and
+        gradients take TRM's shortcut: the last cycle only, the error features as observations.
+        ``exact_gradient`` differentiates through everything instead (the same plans)."""
         cfg = self.config
         n_refine = cfg.n_refine if n_refine is None else n_refine
         detach = self.training if detach_between_steps is None else detach_between_steps
@@ -195,11 +203,11 @@ class TinyRecursiveControl(nn.Module):
         for _ in range(n_refine):
             if detach:
                 y, z, pre, controls = y.detach(), z.detach(), pre.detach(), controls.detach()
-            feedback = self.error_features(x0, target, controls)
+            feedback = self.error_features(x0, target, controls, differentiable=exact_gradient)
             if not cfg.error_feedback:
                 feedback = torch.zeros_like(feedback)
             step_context = context + self.error_encoder(feedback.reshape(B, L, -1))
-            with torch.no_grad():
+            with torch.set_grad_enabled(exact_gradient and torch.is_grad_enabled()):
                 for _ in range(cfg.n_cycles - 1):
                     y, z = self.reasoning.cycle(y, z, step_context)
             y, z = self.reasoning.cycle(y, z, step_context)

@@ -185,3 +185,37 @@ def test_cloning_is_deterministic_and_resumable(small_data, tmp_path, monkeypatc
     assert (tmp_path / "bc_log.csv").read_text().count("\n") == 4  # header + 3 epochs
     _train(small_data, 3, run_dir=tmp_path)  # a new run in the same folder: a new log
     assert (tmp_path / "bc_log.csv").read_text().count("\n") == 4
+
+
+def test_exact_gradient_is_the_plans_true_gradient_and_the_shortcut_is_not():
+    """Fine-tuning differentiates the final plan's cost; `exact_gradient` must give its true
+    slope (checked by central differences in float64), while cloning's shortcut differs."""
+    torch.manual_seed(0)
+    policy = TRCPolicy.create(DI, "small")
+    model = policy.model.double().eval()
+    x0, target = (torch.as_tensor(a) for a in trc_gym.held_out_starts(DI, 16))
+    params = list(model.parameters())
+    direction = [torch.randn_like(p) for p in params]
+
+    def cost(exact: bool = False) -> torch.Tensor:
+        plans = model(x0, target, detach_between_steps=False, exact_gradient=exact)["controls"]
+        return policy.problem.cost_torch(x0, target, plans).mean()
+
+    def slope(exact: bool) -> float:
+        model.zero_grad()
+        cost(exact).backward()
+        return float(sum((p.grad * d).sum() for p, d in zip(params, direction)))
+
+    step = 1e-6
+    with torch.no_grad():
+        torch._foreach_add_(params, direction, alpha=step)
+        plus = float(cost())
+        torch._foreach_add_(params, direction, alpha=-2 * step)
+        minus = float(cost())
+        torch._foreach_add_(params, direction, alpha=step)
+    finite_difference = (plus - minus) / (2 * step)
+    assert slope(True) == pytest.approx(finite_difference, rel=1e-4)
+    assert abs(slope(False) - finite_difference) > 0.1 * abs(finite_difference)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x0, target, exact_gradient=True)["controls"],
+                                   model(x0, target)["controls"], rtol=0, atol=0)
