@@ -3,7 +3,7 @@ state it reaches and applying the first control (what the planners' "(MPC)" rows
 its own open-loop plan, on the same held-out starts.
 
     python examples/mpc_floor.py                                        # double integrator, 1000
-    python examples/mpc_floor.py --env TRC-VanDerPol-v0 --episodes 100  # about 5 min on one core
+    python examples/mpc_floor.py --env TRC-VanDerPol-v0 --episodes 50   # 5.5 min, loaded core
 
 Each replanned plan looks N steps ahead of the state it starts from, past the episode's end, so
 it weighs the last steps differently from the episode's own cost: even an exact planner loses a
