@@ -26,10 +26,10 @@ from policies.policy import TRCPolicy, atomic_torch_save
 from policies.run_log import append_row, read_rows, tensorboard_writer
 from trc_gym.datasets import Demonstrations
 
-# Peak learning rates that clone each preset well (double integrator, README's benchmark): the
-# deeper, wider presets need smaller steps (medium: +0.115% at 5e-4, +0.144% at 3e-4, +4.9%
-# after 100 epochs at the small planner's 2e-3; large: +0.111% at 2e-4, +0.112% at 3e-4).
-PRESET_LR = {"small": 2e-3, "medium": 5e-4, "large": 2e-4}
+# Peak learning rates that clone each preset well (double integrator, 150 epochs, README's
+# benchmark): medium +0.020% at 1e-3 against +0.052% at 5e-4; large at 4e-4 trailed 2e-4
+# (validation gap 1.2% against 0.5% at epoch 50).
+PRESET_LR = {"small": 2e-3, "medium": 1e-3, "large": 2e-4}
 
 
 @dataclass
