@@ -4,10 +4,10 @@ Deep supervision: every refinement iterate gets the loss (the carry is detached 
 inside the model while training), the loss being the squared error to the expert's plan in
 normalised units plus, optionally, the plan's true cost through the differentiable dynamics as an
 excess over the expert's, ``mean(J(U) - J*) / mean J*`` (the validation gap's own form, zero only
-at the optimum). AdamW with
-warm-up and a cosine schedule, gradient clipping, an EMA of the weights for evaluation, early
-stopping on the validation cost gap; logs to CSV (and TensorBoard if installed); resumable from
-the state written after every epoch; the same seed gives the same weights.
+at the optimum). AdamW with warm-up and a cosine schedule, gradient clipping, an EMA of the
+weights for evaluation, early stopping on the validation cost gap; logs to CSV (and TensorBoard
+if installed); resumable from the state written after every epoch; the same seed gives the same
+weights.
 """
 
 from __future__ import annotations
