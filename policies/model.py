@@ -155,9 +155,10 @@ class TinyRecursiveControl(nn.Module):
         to the total cost. The plan is measured, not differentiated through: the features are
         observations of it, unless ``differentiable`` (the exact gradient of the final plan,
         which fine-tuning by policy gradient needs)."""
-        probe = controls if differentiable else controls.detach()
+        plan = controls if differentiable else controls.detach()
+        probe = plan  # what dJ/du is taken with respect to (cost_gradient)
         if self.config.cost_gradient and not probe.requires_grad:
-            probe = probe.requires_grad_()
+            probe = plan.detach().requires_grad_()
         with torch.enable_grad():
             states = self.problem.rollout_torch(x0 if differentiable else x0.detach(), probe)
             terms = self.problem.cost_terms_torch(states, target, probe)
@@ -172,7 +173,7 @@ class TinyRecursiveControl(nn.Module):
         features = [
             errors[:, 1:],
             errors[:, -1:].expand(-1, N, -1),
-            ((probe if differentiable else probe.detach()) - self.u_mid) / self.u_half,
+            (plan - self.u_mid) / self.u_half,
             torch.log1p(terms["state"])[..., None],
             torch.log1p(terms["control"])[..., None],
             torch.log1p(total)[:, None, None].expand(-1, N, 1),
