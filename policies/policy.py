@@ -58,8 +58,11 @@ class TRCPolicy(PlanningPolicy):
     def _forward(self, x0: np.ndarray, target: np.ndarray) -> dict:
         x0 = self.problem.check_states(x0, "x0")
         target = self.problem.check_states(target, "target", batch=len(x0))
-        self.model.eval()
-        with torch.no_grad():
+        if self.model.training:  # eval() walks every submodule: a cost at batch 1
+            self.model.eval()
+        # Inference mode is no_grad without autograd's bookkeeping; a cost-gradient model
+        # differentiates its own simulation inside, which inference tensors forbid.
+        with torch.inference_mode(not self.model.config.cost_gradient), torch.no_grad():
             return self.model(torch.as_tensor(x0, dtype=torch.float32),
                               torch.as_tensor(target, dtype=torch.float32))
 

@@ -89,6 +89,20 @@ def test_bad_config_raises():
         TRCPolicy.create(DI, "huge")
 
 
+@pytest.mark.parametrize("cost_gradient", [False, True])
+def test_plan_is_the_eval_models_plan(cost_gradient):
+    """`plan` (inference mode, or no_grad where the model differentiates its own simulation)
+    returns the eval-mode model's plan, even when the model was left in training mode."""
+    policy = TRCPolicy.create(DI, "small", cost_gradient=cost_gradient)
+    x0, target = trc_gym.held_out_starts(DI, 8)
+    policy.model.train()
+    planned = policy.plan(x0, target)
+    assert not policy.model.training
+    expected = policy.model(torch.as_tensor(x0, dtype=torch.float32),
+                            torch.as_tensor(target, dtype=torch.float32))["controls"]
+    np.testing.assert_array_equal(planned, expected.detach().double().numpy())
+
+
 def test_save_load_round_trip(tmp_path):
     policy = TRCPolicy.create(DI, "small", reasoning="attention")
     policy.metadata["note"] = "round trip"
