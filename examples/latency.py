@@ -13,7 +13,7 @@ import torch
 import trc_gym
 from baselines import ExpertPolicy
 from policies import load_policy
-from trc_gym.evaluation import batch_ms_per_plan, plan_latency_ms
+from trc_gym.evaluation import batch_ms_per_plan, plan_latencies_ms
 
 
 def main() -> None:
@@ -27,10 +27,12 @@ def main() -> None:
     env_id = next(iter(policies.values())).env_id
     policies["expert"] = ExpertPolicy(env_id)
     x0, target = trc_gym.held_out_starts(env_id, 1024)
+    batch1 = plan_latencies_ms(policies, x0[:args.starts], target[:args.starts])
     for name, policy in policies.items():
-        rows[name] = {"batch1": plan_latency_ms(policy, x0[:args.starts], target[:args.starts]),
+        rows[name] = {"batch1": batch1[name], "vs_expert": batch1[name] / batch1["expert"],
                       "batch1024": batch_ms_per_plan(policy, x0, target)}
     columns = {"batch1": ("ms/plan, batch 1 (median)", "{:.3f}"),
+               "vs_expert": ("x expert, batch 1", "{:.2f}"),
                "batch1024": ("ms/plan, batch 1024", "{:.4f}")}
     print(f"{env_id}, one torch thread\n")
     print(trc_gym.format_table(rows, columns))

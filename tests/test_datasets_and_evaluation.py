@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from trc_gym import datasets
 from trc_gym.cli import main as trc_main
+from trc_gym.evaluation import plan_latencies_ms
 
 DI = "TRC-DoubleIntegrator-v0"
 
@@ -136,3 +138,26 @@ def test_predict_executes_plan_open_loop():
     assert single.shape == (1,)
     with pytest.raises(ValueError, match="observation has shape"):
         policy.predict(np.zeros((2, 4)))
+
+
+def test_interleaved_latencies_time_every_start_of_each_policy_at_batch_one():
+    class Recorder(ZeroPolicy):
+        def __init__(self, log, name):
+            super().__init__(DI)
+            self.log, self.name = log, name
+
+        def plan(self, x0, target):
+            self.log.append((self.name, len(x0), torch.get_num_threads()))
+            return super().plan(x0, target)
+
+    log = []
+    x0, target = trc_gym.held_out_starts(DI, 25)
+    threads = torch.get_num_threads()
+    times = plan_latencies_ms({"a": Recorder(log, "a"), "b": Recorder(log, "b")}, x0, target,
+                              block=10)
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+    assert torch.get_num_threads() == threads  # restored
+    assert all(size == 1 and n_threads == 1 for _, size, n_threads in log)
+    # One warm-up each, then blocks in turn: a x10, b x10, a x10, b x10, a x5, b x5.
+    names = "".join(name for name, _, _ in log)
+    assert names == "ab" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5

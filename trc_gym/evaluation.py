@@ -113,18 +113,30 @@ def acts_by_plan(policy: Any) -> bool:
 def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray) -> float:
     """Median wall time of ``policy.plan`` on one start (batch 1), in ms, on one thread (a
     planner serves one robot; threads only add overhead at batch 1), after one warm-up call."""
+    return plan_latencies_ms({"policy": policy}, x0, target)["policy"]
+
+
+def plan_latencies_ms(policies: dict[str, Any], x0: np.ndarray, target: np.ndarray,
+                      block: int = 10) -> dict[str, float]:
+    """`plan_latency_ms` of several policies, timed in turn on blocks of ``block`` starts, so
+    that a machine whose speed drifts (shared cores, throttling) slows them alike and their
+    ratios hold (blocks rather than single starts keep each policy's caches warm, as one
+    policy's calls in a row are)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    times: dict[str, list[float]] = {name: [] for name in policies}
     try:
-        policy.plan(x0[:1], target[:1])
-        times = []
-        for i in range(len(x0)):
-            start = time.perf_counter()
-            policy.plan(x0[i:i + 1], target[i:i + 1])
-            times.append(time.perf_counter() - start)
+        for policy in policies.values():
+            policy.plan(x0[:1], target[:1])
+        for first in range(0, len(x0), block):
+            for name, policy in policies.items():
+                for i in range(first, min(first + block, len(x0))):
+                    start = time.perf_counter()
+                    policy.plan(x0[i:i + 1], target[i:i + 1])
+                    times[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-    return 1000.0 * float(np.median(times))
+    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}
 
 
 def batch_ms_per_plan(policy: Any, x0: np.ndarray, target: np.ndarray, repeats: int = 3) -> float:
