@@ -103,6 +103,21 @@ def test_plan_is_the_eval_models_plan(cost_gradient):
     np.testing.assert_array_equal(planned, expected.detach().double().numpy())
 
 
+@pytest.mark.parametrize("env_id", [DI, "TRC-VanDerPol-v0"])
+def test_planning_in_inference_mode_leaves_the_problem_differentiable(env_id):
+    """The problem caches its constants as tensors; made during `plan` (inference mode) they
+    must still serve a later differentiable pass (fine-tuning starts right after planning)."""
+    policy = TRCPolicy.create(env_id, "small")
+    x0, target = trc_gym.held_out_starts(env_id, 4)
+    policy.plan(x0, target)
+    out = policy.model(torch.as_tensor(x0, dtype=torch.float32),
+                       torch.as_tensor(target, dtype=torch.float32), exact_gradient=True)
+    policy.problem.cost_torch(torch.as_tensor(x0, dtype=torch.float32),
+                              torch.as_tensor(target, dtype=torch.float32),
+                              out["controls"]).sum().backward()
+    assert policy.model.control_decoder[-1].weight.grad.abs().sum() > 0
+
+
 def test_save_load_round_trip(tmp_path):
     policy = TRCPolicy.create(DI, "small", reasoning="attention")
     policy.metadata["note"] = "round trip"

@@ -13,6 +13,7 @@ the environment clips its actions, so a batched rollout and the env's return alw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,12 +75,19 @@ class ControlProblem:
     # ------------------------------------------------------------ torch (the truth)
     def constants(self, like: Tensor) -> dict[str, Tensor]:
         """Q, R, Qf and bounds as tensors of ``like``'s dtype and device (cached)."""
-        key = (like.dtype, like.device)
+        return self.cached_tensors((like.dtype, like.device), like, lambda: {
+            k: getattr(self, k) for k in ("Q", "R", "Qf", "u_low", "u_high")})
+
+    def cached_tensors(self, key: tuple, like: Tensor,
+                       arrays: Callable[[], dict[str, np.ndarray]]) -> dict[str, Tensor]:
+        """``arrays()`` as tensors of ``like``'s dtype and device, made once per ``key``. They
+        are made as normal tensors even inside ``torch.inference_mode``: they outlive the call
+        that made them, and a later differentiable rollout must be able to use them."""
         if key not in self._torch_constants:
-            self._torch_constants[key] = {
-                k: torch.as_tensor(getattr(self, k), dtype=like.dtype, device=like.device)
-                for k in ("Q", "R", "Qf", "u_low", "u_high")
-            }
+            with torch.inference_mode(False):
+                self._torch_constants[key] = {
+                    k: torch.as_tensor(v, dtype=like.dtype, device=like.device)
+                    for k, v in arrays().items()}
         return self._torch_constants[key]
 
     def dynamics(self, x: Tensor, u: Tensor) -> Tensor:
@@ -330,15 +338,13 @@ class LinearProblem(ControlProblem):
     def linear_constants(self, like: Tensor, steps: int) -> dict[str, Tensor]:
         """``A``, ``B`` and the stacked ``Phi``, ``Gamma`` of `stacked_prediction` for
         ``steps`` steps, as tensors like ``like`` (cached)."""
-        key = (like.dtype, like.device, "linear", steps)
-        if key not in self._torch_constants:
+        def arrays() -> dict[str, np.ndarray]:
             from trc_gym.experts.lqr import stacked_prediction
 
             Phi, Gamma = stacked_prediction(self.A, self.B, steps)
-            self._torch_constants[key] = {
-                k: torch.as_tensor(v, dtype=like.dtype, device=like.device)
-                for k, v in {"A": self.A, "B": self.B, "Phi": Phi, "Gamma": Gamma}.items()}
-        return self._torch_constants[key]
+            return {"A": self.A, "B": self.B, "Phi": Phi, "Gamma": Gamma}
+
+        return self.cached_tensors((like.dtype, like.device, "linear", steps), like, arrays)
 
     def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
         c = self.linear_constants(x, 1)
