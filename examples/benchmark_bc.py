@@ -1,6 +1,6 @@
 """Behaviour-cloning benchmark: the three TRC sizes (and ablations) on one env, judged on held-out
 starts: gap to the expert, success, terminal error, the mean cost of every refinement iterate,
-parameters and milliseconds per plan at batch 1 and batch 1024.
+parameters and milliseconds per plan at batch 1 (also as a multiple of the expert's) and batch 1024.
 
     python examples/benchmark_bc.py                         # small, medium, large, small without
                                                             # error feedback, small with attention
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 import trc_gym
+from baselines import ExpertPolicy
 from policies import BCConfig, TRCPolicy, load_policy, train_bc
 from policies.bc import PRESET_LR, evaluate_iterates
 from policies.run_log import read_rows
 from trc_gym import datasets
-from trc_gym.evaluation import batch_ms_per_plan, expert_costs
+from trc_gym.evaluation import batch_ms_per_plan, expert_costs, plan_latencies_ms
 
 MODELS = {  # name -> (preset, overrides)
     "small": ("small", {}),
@@ -91,10 +92,18 @@ def main() -> None:
         print(f"{name}: gap {metrics['gap']:+.3%}, success {metrics['success_rate']:.1%}, "
               f"iterates {np.round(iterate_costs, 3).tolist()}")
 
+    # Batch-1 latency again, the planners and the expert in turn: their ratio holds while the
+    # machine's speed drifts.
+    batch1 = plan_latencies_ms({**policies, "expert": ExpertPolicy(args.env)}, x0[:200],
+                               target[:200])
+    for name, row in rows.items():
+        row["ms_per_plan"], row["vs_expert"] = batch1[name], batch1[name] / batch1["expert"]
+
     columns = {"parameters": ("parameters", "{:,}"), "gap": ("gap to expert", "{:+.3%}"),
                "success_rate": ("success", "{:.1%}"),
                "terminal_error": ("terminal error", "{:.4f}"),
                "ms_per_plan": ("ms/plan (batch 1)", "{:.2f}"),
+               "vs_expert": ("x expert (batch 1)", "{:.1f}"),
                "ms_per_plan_batch1024": ("ms/plan (batch 1024)", "{:.4f}"),
                "train_seconds": ("train s", "{:.0f}"), "epochs": ("epochs", "{}")}
     table = trc_gym.format_table(rows, columns)
