@@ -27,8 +27,9 @@ from policies.run_log import append_row, read_rows, tensorboard_writer
 from trc_gym.datasets import Demonstrations
 
 # Peak learning rates that clone each preset well (double integrator, 150 epochs, README's
-# benchmark): medium +0.020% at 1e-3 against +0.052% at 5e-4; large at 4e-4 trailed 2e-4
-# (validation gap 1.2% against 0.5% at epoch 50).
+# benchmark): medium +0.020% at 1e-3 against +0.052% at 5e-4; large at 4e-4 and at 1e-4
+# trailed 2e-4 (validation gap 1.2% against 0.5% at epoch 50; 0.22% against 0.21% at 88).
+# Large needs a longer schedule than small: +0.047% at 150 epochs, +0.004% at 300.
 PRESET_LR = {"small": 2e-3, "medium": 1e-3, "large": 2e-4}
 
 
