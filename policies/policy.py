@@ -9,6 +9,7 @@ temp file in the same folder and renamed, so no half-written checkpoint is ever 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,23 +49,43 @@ class TRCPolicy(PlanningPolicy):
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``."""
-        return self._forward(x0, target)["controls"].double().numpy()
+        return self._iterates(x0, target)[-1].double().numpy()
 
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final
         plan (what `plan` returns) last."""
-        return [u.double().numpy() for u in self._forward(x0, target)["iterates"]]
+        return [u.double().numpy() for u in self._iterates(x0, target)]
 
-    def _forward(self, x0: np.ndarray, target: np.ndarray) -> dict:
-        x0 = self.problem.check_states(x0, "x0")
-        target = self.problem.check_states(target, "target", batch=len(x0))
+    def _iterates(self, x0: np.ndarray, target: np.ndarray) -> list[torch.Tensor]:
+        x0 = torch.as_tensor(self.problem.check_states(x0, "x0"), dtype=torch.float32)
+        target = torch.as_tensor(self.problem.check_states(target, "target", batch=len(x0)),
+                                 dtype=torch.float32)
         if self.model.training:  # eval() walks every submodule: a cost at batch 1
             self.model.eval()
-        # Inference mode is no_grad without autograd's bookkeeping; a cost-gradient model
-        # differentiates its own simulation inside, which inference tensors forbid.
-        with torch.inference_mode(not self.model.config.cost_gradient), torch.no_grad():
-            return self.model(torch.as_tensor(x0, dtype=torch.float32),
-                              torch.as_tensor(target, dtype=torch.float32))
+        if self.model.config.cost_gradient:  # differentiates its own simulation inside
+            with torch.no_grad():
+                return self.model(x0, target)["iterates"]
+        with torch.inference_mode():  # no_grad without autograd's bookkeeping
+            return list(self._traced_model(x0, target)(x0, target))
+
+    def _traced_model(self, x0: torch.Tensor, target: torch.Tensor) -> torch.nn.Module:
+        """The eval model as a TorchScript graph (`torch.jit.trace`, made on first use): the
+        same operations and kernels, so the same plans bit for bit (tests check it), without
+        the Python and module-call overhead that dominates a batch-1 plan. The graph reads the
+        model's parameters in place, so training between calls shows; it is traced again if
+        they are replaced. `torch.jit.trace` is deprecated; where it fails, the model runs as
+        it is."""
+        key = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+        if getattr(self, "_trace", (None,))[0] != key:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the deprecation and tracer notices
+                    traced = torch.jit.trace(_Iterates(self.model), (x0, target),
+                                             check_trace=False)
+            except (AttributeError, RuntimeError):
+                traced = _Iterates(self.model)
+            self._trace = (key, traced)
+        return self._trace[1]
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict:
@@ -76,6 +97,17 @@ class TRCPolicy(PlanningPolicy):
         payload = {"config": json.dumps(self.config_dict()),
                    "state_dict": self.model.state_dict()}
         return atomic_torch_save(payload, path)
+
+
+class _Iterates(torch.nn.Module):
+    """``model(x0, target)["iterates"]`` as a tuple, the output form a trace records."""
+
+    def __init__(self, model: TinyRecursiveControl):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x0, target)["iterates"])
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> Path:

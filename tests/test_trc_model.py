@@ -89,18 +89,44 @@ def test_bad_config_raises():
         TRCPolicy.create(DI, "huge")
 
 
-@pytest.mark.parametrize("cost_gradient", [False, True])
-def test_plan_is_the_eval_models_plan(cost_gradient):
-    """`plan` (inference mode, or no_grad where the model differentiates its own simulation)
-    returns the eval-mode model's plan, even when the model was left in training mode."""
-    policy = TRCPolicy.create(DI, "small", cost_gradient=cost_gradient)
-    x0, target = trc_gym.held_out_starts(DI, 8)
+def eager_iterates(policy, x0, target):
+    """The eval model run as Python, without gradients (attention takes its fused path then)."""
+    with torch.no_grad():
+        out = policy.model.eval()(torch.as_tensor(x0, dtype=torch.float32),
+                                  torch.as_tensor(target, dtype=torch.float32))
+    return [u.double().numpy() for u in out["iterates"]]
+
+
+@pytest.mark.parametrize("env_id,overrides", [(env_id, {}) for env_id in trc_gym.ENV_IDS]
+                         + [(DI, {"reasoning": "attention"}), (DI, {"cost_gradient": True})])
+def test_plan_is_the_eval_models_plan_bit_for_bit(env_id, overrides):
+    """`plan` (a traced graph in inference mode; no_grad where the model differentiates its
+    own simulation) returns exactly the eager eval model's plans, at batch 1 and batched, even
+    when the model was left in training mode."""
+    policy = TRCPolicy.create(env_id, "small", **overrides)
+    x0, target = trc_gym.held_out_starts(env_id, 6)
     policy.model.train()
-    planned = policy.plan(x0, target)
+    first = policy.plan(x0[:1], target[:1])  # traced at batch 1 ...
     assert not policy.model.training
-    expected = policy.model(torch.as_tensor(x0, dtype=torch.float32),
-                            torch.as_tensor(target, dtype=torch.float32))["controls"]
-    np.testing.assert_array_equal(planned, expected.detach().double().numpy())
+    np.testing.assert_array_equal(first, eager_iterates(policy, x0[:1], target[:1])[-1])
+    expected = eager_iterates(policy, x0, target)  # ... and used at batch 6
+    np.testing.assert_array_equal(policy.plan(x0, target), expected[-1])
+    for got, want in zip(policy.iterates(x0, target), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_plan_follows_weights_changed_in_place_or_replaced():
+    policy = TRCPolicy.create(DI, "small")
+    x0, target = trc_gym.held_out_starts(DI, 4)
+    before = policy.plan(x0, target)
+    with torch.no_grad():
+        policy.model.control_decoder[-1].bias.add_(0.1)  # what an optimizer step does
+    changed = policy.plan(x0, target)
+    assert not np.array_equal(changed, before)
+    np.testing.assert_array_equal(changed, eager_iterates(policy, x0, target)[-1])
+    policy.model.load_state_dict(TRCPolicy.create(DI, "small").model.state_dict())
+    policy.model.control_decoder[-1].bias = torch.nn.Parameter(torch.ones(15))  # replaced
+    np.testing.assert_array_equal(policy.plan(x0, target), eager_iterates(policy, x0, target)[-1])
 
 
 @pytest.mark.parametrize("env_id", [DI, "TRC-VanDerPol-v0"])
