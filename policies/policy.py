@@ -34,6 +34,7 @@ class TRCPolicy(PlanningPolicy):
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})
         self.metadata = dict(metadata or {})
+        self._trace: tuple[tuple, torch.nn.Module] | None = None  # (weights' key, graph)
 
     @classmethod
     def create(cls, env_id: str, size: str = "small", env_kwargs: dict | None = None,
@@ -76,7 +77,7 @@ class TRCPolicy(PlanningPolicy):
         they are replaced. `torch.jit.trace` is deprecated; where it fails, the model runs as
         it is."""
         key = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
-        if getattr(self, "_trace", (None,))[0] != key:
+        if self._trace is None or self._trace[0] != key:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the deprecation and tracer notices
