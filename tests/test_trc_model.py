@@ -136,11 +136,9 @@ def test_planning_in_inference_mode_leaves_the_problem_differentiable(env_id):
     policy = TRCPolicy.create(env_id, "small")
     x0, target = trc_gym.held_out_starts(env_id, 4)
     policy.plan(x0, target)
-    out = policy.model(torch.as_tensor(x0, dtype=torch.float32),
-                       torch.as_tensor(target, dtype=torch.float32), exact_gradient=True)
-    policy.problem.cost_torch(torch.as_tensor(x0, dtype=torch.float32),
-                              torch.as_tensor(target, dtype=torch.float32),
-                              out["controls"]).sum().backward()
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in (x0, target))
+    out = policy.model(x0, target, exact_gradient=True)
+    policy.problem.cost_torch(x0, target, out["controls"]).sum().backward()
     assert policy.model.control_decoder[-1].weight.grad.abs().sum() > 0
 
 
