@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trc_gym.envs import make_problem
+from trc_gym.envs import make_expert, make_problem
 from trc_gym.planning_policy import PlanningPolicy
 
 
@@ -12,10 +12,11 @@ class ExpertPolicy(PlanningPolicy):
     """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves, ``predict`` executes."""
 
     def __init__(self, env_id: str, receding_horizon: bool = False, **env_kwargs):
-        super().__init__(make_problem(env_id, **env_kwargs), receding_horizon)
+        self.expert = make_expert(env_id, **env_kwargs)
+        super().__init__(self.expert.problem, receding_horizon)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return self.problem.expert_plan(x0, target)
+        return self.expert.plan(x0, target)
 
 
 class RandomPolicy(PlanningPolicy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trc_gym.envs import ENV_ENTRY_POINTS, make_problem, register_envs
+from trc_gym.envs import ENV_ENTRY_POINTS, make_expert, make_problem, register_envs
 from trc_gym.evaluation import evaluate, format_table, held_out_starts
 from trc_gym.problem import ControlProblem, LinearProblem
 
@@ -18,12 +18,12 @@ ENV_IDS: tuple[str, ...] = tuple(ENV_ENTRY_POINTS)
 def expert_plan(env_id: str, x0: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
     """The expert's plans ``U [B, N, m]`` from starts ``x0 [B, n]`` to ``target [B, n]`` (or one
     ``[n]`` target for all; default the problem's default target)."""
-    problem = make_problem(env_id)
-    x0 = problem.check_states(x0, "x0")
+    expert = make_expert(env_id)
+    x0 = expert.problem.check_states(x0, "x0")
     if target is None:
-        target = problem.sample_targets(np.random.default_rng(0), len(x0))
-    return problem.expert_plan(x0, problem.check_states(target, "target", batch=len(x0)))
+        target = expert.problem.sample_targets(np.random.default_rng(0), len(x0))
+    return expert.plan(x0, target)
 
 
 __all__ = ["ENV_IDS", "ControlProblem", "LinearProblem", "__version__", "evaluate",
-           "expert_plan", "format_table", "held_out_starts", "make_problem"]
+           "expert_plan", "format_table", "held_out_starts", "make_expert", "make_problem"]

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trc_gym.atomic import atomic_write
-from trc_gym.envs import make_problem
+from trc_gym.envs import make_expert
 
 ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
 
@@ -51,7 +51,7 @@ class Demonstrations:
 
 def _solve_chunk(args: tuple) -> np.ndarray:
     env_id, env_kwargs, x0, target = args
-    return make_problem(env_id, **env_kwargs).expert_plan(x0, target)
+    return make_expert(env_id, **env_kwargs).plan(x0, target)
 
 
 def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None = None,
@@ -59,15 +59,16 @@ def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None =
              progress: bool = True) -> Demonstrations:
     """Sample starts and targets with ``seed`` and solve each with the env's expert.
 
-    Fast (batched) experts run in this process in chunks; slow ones (``problem.expert_is_slow``)
-    are spread over ``workers`` processes (default: every core).
+    Fast (batched) experts run in this process in chunks; slow ones (``Expert.parallel``) are
+    spread over ``workers`` processes (default: every core).
     """
     from trc_gym import __version__
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     env_kwargs = dict(env_kwargs or {})
-    problem = make_problem(env_id, **env_kwargs)
+    expert = make_expert(env_id, **env_kwargs)
+    problem = expert.problem
     rng = np.random.default_rng(seed)
     x0 = problem.sample_initial_states(rng, num_samples)
     target = problem.sample_targets(rng, num_samples)
@@ -77,14 +78,14 @@ def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None =
     bar = tqdm(total=num_samples, desc=f"expert plans {env_id}", disable=not progress,
                unit="plan")
     plans = []
-    if getattr(problem, "expert_is_slow", False) and workers > 1:
+    if expert.parallel and workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for chunk, plan in zip(chunks, pool.map(_solve_chunk, chunks)):
                 plans.append(plan)
                 bar.update(len(chunk[2]))
     else:
         for chunk in chunks:
-            plans.append(problem.expert_plan(chunk[2], chunk[3]))
+            plans.append(expert.plan(chunk[2], chunk[3]))
             bar.update(len(chunk[2]))
     bar.close()
     controls = np.concatenate(plans)

@@ -1,31 +1,46 @@
 """The one evaluation harness: every policy is judged here, on the same held-out starts, by the
-same numbers (the metrics of PROBLEMS.md).
+same numbers, and every table is printed from the one registry of metrics below.
 
-Anything with ``plan(x0, target) -> U`` is evaluated batched through the problem's rollout (the
-same states and cost as stepping the env, which a test pins); anything else with SB3's
-``predict`` is stepped through ``gym.make(env_id)``, one env per episode, every episode's
-observation handed to ``predict`` as one batch per time step.
+Three ways to run episodes, which give the same controls, states and costs (tests pin it):
+
+- **plan**: anything with ``plan(x0, target) -> U`` that executes one plan per episode is
+  rolled out batched through the problem (`run_plans`);
+- **step**: anything with SB3's ``predict`` is stepped through ``gym.make(env_id)``, one env per
+  episode, every episode's observation handed to ``predict`` as one batch per time step
+  (`step_episodes`): what a user does;
+- **batched**: the same feedback loop through the problem's batched step, far faster, for
+  envs that use `ControlEnv`'s own step and observation (`run_feedback`): what model selection
+  during training uses.
+
+Seeds: test starts use `HELD_OUT_SEED`, validation (model selection) `VALIDATION_SEED`, and
+datasets default to seed 0, so the three sets are disjoint.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from trc_gym.envs import make_problem
+from trc_gym.envs import env_class, make_expert, make_problem
+from trc_gym.envs.base import ControlEnv, observations
 from trc_gym.problem import ControlProblem
+from trc_gym.threads import one_thread
 
-HELD_OUT_SEED = 12345  # evaluation starts; datasets default to seed 0, so the sets are disjoint
+HELD_OUT_SEED = 12345  # test starts: every reported table
+VALIDATION_SEED = 54321  # validation starts: model selection (never the test starts)
+EpisodePath = Literal["auto", "plan", "step", "batched"]
 _expert_cache: dict[tuple, np.ndarray] = {}
 
 
+# ------------------------------------------------------------------------------ starts
 def held_out_starts(env_id: str, n: int, seed: int = HELD_OUT_SEED,
                     env_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(x0 [n, n_state], target [n, n_state])`` drawn from the env's start distribution."""
+    """``(x0 [n, n_state], target [n, n_state])`` drawn from the env's start distribution
+    with ``seed`` (starts first, then targets, from one generator)."""
     problem = make_problem(env_id, **(env_kwargs or {}))
     rng = np.random.default_rng(seed)
     return problem.sample_initial_states(rng, n), problem.sample_targets(rng, n)
@@ -33,74 +48,30 @@ def held_out_starts(env_id: str, n: int, seed: int = HELD_OUT_SEED,
 
 def expert_costs(env_id: str, n: int, seed: int = HELD_OUT_SEED,
                  env_kwargs: dict | None = None) -> np.ndarray:
-    """The expert's cost on the held-out starts ``[n]`` (computed once per process)."""
+    """The expert's cost ``[n]`` on the starts of `held_out_starts` (computed once per
+    process)."""
     key = (env_id, n, seed, tuple(sorted((env_kwargs or {}).items())))
     if key not in _expert_cache:
-        problem = make_problem(env_id, **(env_kwargs or {}))
+        expert = make_expert(env_id, **(env_kwargs or {}))
         x0, target = held_out_starts(env_id, n, seed, env_kwargs)
-        _expert_cache[key] = problem.cost(x0, target, problem.expert_plan(x0, target))
+        _expert_cache[key] = expert.problem.cost(x0, target, expert.plan(x0, target))
     return _expert_cache[key]
 
 
-def trajectory_metrics(problem: ControlProblem, target: np.ndarray, controls: np.ndarray,
-                       states: np.ndarray, costs: np.ndarray) -> dict[str, float]:
-    """Metrics of episodes given their controls as issued ``[B, N, m]``, states
-    ``[B, N+1, n]`` and total costs ``[B]``."""
-    final_error = problem.state_error_np(states[:, -1], target)
-    applied = np.clip(controls, problem.u_low, problem.u_high)
-    out_of_bound = np.any((controls < problem.u_low - 1e-6) | (controls > problem.u_high + 1e-6),
-                          axis=(1, 2))
-    metrics = {
-        "mean_cost": float(costs.mean()),
-        "terminal_error": float(np.linalg.norm(final_error, axis=1).mean()),
-    }
-    for group, indices in problem.error_groups.items():
-        metrics[f"terminal_error_{group}"] = float(
-            np.linalg.norm(final_error[:, list(indices)], axis=1).mean())
-    alive = problem.alive_mask(states)  # steps after a failure (episode ended) are not taken
-    metrics["effort"] = float((np.einsum("bki,ij,bkj->bk", applied, problem.R, applied)
-                               * alive).sum(1).mean())
-    metrics["success_rate"] = float(problem.success(states, target).mean())
-    metrics["violations"] = float((out_of_bound | problem.constraint_violations(states)).mean())
-    return metrics
+def gap(mean_cost: float, expert_cost: float) -> float:
+    """The gap to the expert, ``J / J* - 1``: a ratio of mean costs over the same starts."""
+    return float(mean_cost) / float(expert_cost) - 1.0
 
 
-def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_OUT_SEED, *,
-             env_kwargs: dict | None = None, use_plan: bool | None = None,
-             latency_samples: int = 20) -> dict[str, float]:
-    """Evaluate ``policy`` on ``n_episodes`` held-out starts of ``env_id``.
+# ---------------------------------------------------------------------------- episodes
+@dataclass
+class Episodes:
+    """Episodes as run: controls as issued ``[B, N, m]``, states ``[B, N+1, n]`` (a failed
+    episode's last state repeated to the end) and total costs ``[B]``."""
 
-    Returns the mean cost, the expert's mean cost on the same starts and the ``gap``
-    (``J_policy / J_expert - 1``, ratio of the means), terminal error (total and per state
-    group), control effort ``sum u'Ru``, success rate, the fraction of episodes with a
-    constraint violation (controls issued outside the bound count), and ``ms_per_plan``: the
-    median wall time to plan one episode at batch 1 (for a stepped policy: the mean time of
-    its N ``predict`` calls per episode, stepping the first ``latency_samples`` episodes one at
-    a time).
-    """
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be positive, got {n_episodes}")
-    problem = make_problem(env_id, **(env_kwargs or {}))
-    x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
-    if use_plan is None:
-        use_plan = acts_by_plan(policy)
-    if use_plan:
-        controls = np.asarray(policy.plan(x0, target), dtype=np.float64)
-        states = problem.rollout(x0, controls)
-        costs = problem.cost(x0, target, controls)
-        ms_per_plan = plan_latency_ms(policy, x0[:latency_samples], target[:latency_samples])
-    else:
-        controls, states, costs, _ = step_episodes(policy, env_id, x0, target, env_kwargs)
-        k = min(latency_samples, n_episodes)  # latency: episodes one at a time, as one robot
-        seconds = step_episodes(policy, env_id, x0[:k], target[:k], env_kwargs, batch=1)[3]
-        ms_per_plan = 1000.0 * seconds / k
-    metrics = trajectory_metrics(problem, target, controls, states, costs)
-    expert = expert_costs(env_id, n_episodes, seed, env_kwargs)
-    metrics["expert_cost"] = float(expert.mean())
-    metrics["gap"] = metrics["mean_cost"] / metrics["expert_cost"] - 1.0
-    metrics["ms_per_plan"] = ms_per_plan
-    metrics["n_episodes"] = n_episodes
-    return metrics
+    controls: np.ndarray
+    states: np.ndarray
+    costs: np.ndarray
 
 
 def acts_by_plan(policy: Any) -> bool:
@@ -110,54 +81,21 @@ def acts_by_plan(policy: Any) -> bool:
     return hasattr(policy, "plan") and not getattr(policy, "receding_horizon", False)
 
 
-def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray) -> float:
-    """Median wall time of ``policy.plan`` on one start (batch 1), in ms, on one thread (a
-    planner serves one robot; threads only add overhead at batch 1), after one warm-up call."""
-    return plan_latencies_ms({"policy": policy}, x0, target)["policy"]
-
-
-def plan_latencies_ms(policies: dict[str, Any], x0: np.ndarray, target: np.ndarray,
-                      block: int = 10) -> dict[str, float]:
-    """`plan_latency_ms` of several policies, timed in turn on blocks of ``block`` starts, so
-    that a machine whose speed drifts (shared cores, throttling) slows them alike and their
-    ratios hold (blocks rather than single starts keep each policy's caches warm, as one
-    policy's calls in a row are)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    times: dict[str, list[float]] = {name: [] for name in policies}
-    try:
-        for policy in policies.values():
-            policy.plan(x0[:1], target[:1])
-        for first in range(0, len(x0), block):
-            for name, policy in policies.items():
-                for i in range(first, min(first + block, len(x0))):
-                    start = time.perf_counter()
-                    policy.plan(x0[i:i + 1], target[i:i + 1])
-                    times[name].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}
-
-
-def batch_ms_per_plan(policy: Any, x0: np.ndarray, target: np.ndarray, repeats: int = 3) -> float:
-    """Amortised ms per plan when planning all of ``x0`` in one call (best of ``repeats``)."""
-    policy.plan(x0, target)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy.plan(x0, target)
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / len(x0)
+def run_plans(policy: Any, problem: ControlProblem, x0: np.ndarray,
+              target: np.ndarray) -> Episodes:
+    """One plan per episode, rolled out through the problem (the env's states and cost)."""
+    controls = np.asarray(policy.plan(x0, target), dtype=np.float64)
+    return Episodes(controls, problem.rollout(x0, controls), problem.cost(x0, target, controls))
 
 
 def step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
-                  env_kwargs: dict | None, batch: int | None = None):
+                  env_kwargs: dict | None = None,
+                  batch: int | None = None) -> tuple[Episodes, float]:
     """Run each episode through its own ``gym.make(env_id)`` with ``policy.predict``, in
     lockstep groups of ``batch`` episodes (default: all at once), so the policy acts on a batch
     of observations per time step. An episode that ends early (a failure) is padded as the
     batched rollout pads it: its last state repeated, with zero controls (clipped into the
-    bound) that are never applied. Returns controls ``[B, N, m]``, states ``[B, N+1, n]``,
-    costs ``[B]`` and the total seconds spent in ``predict``."""
+    bound) that are never applied. Returns the episodes and the seconds spent in ``predict``."""
     batch = batch or len(x0)
     envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(min(batch, len(x0)))]
     problem = envs[0].unwrapped.problem
@@ -193,33 +131,216 @@ def step_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
                 break
     for env in envs:
         env.close()
-    return controls, states, costs, seconds
+    return Episodes(controls, states, costs), seconds
 
 
-COLUMNS = {  # metric key -> (header, format)
-    "mean_cost": ("mean cost", "{:.3f}"),
-    "gap": ("gap to expert", "{:+.2%}"),
-    "success_rate": ("success", "{:.1%}"),
-    "terminal_error": ("terminal error", "{:.4f}"),
-    "effort": ("effort", "{:.3f}"),
-    "ms_per_plan": ("ms/plan", "{:.2f}"),
+def steps_like_control_env(env_id: str) -> bool:
+    """Whether the env's step and observation are `ControlEnv`'s own (so an episode is exactly
+    the problem's batched step of the issued controls)."""
+    cls = env_class(env_id)
+    return all(getattr(cls, name) is getattr(ControlEnv, name)
+               for name in ("step", "reset", "_observation"))
+
+
+def run_feedback(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
+                 env_kwargs: dict | None = None) -> Episodes:
+    """`step_episodes` without the envs: all episodes at once through the problem's batched
+    step, with the env's observations, clipping, early termination on failure and padding.
+    Only for envs whose step is `ControlEnv`'s (`steps_like_control_env`)."""
+    if not steps_like_control_env(env_id):
+        raise ValueError(f"{env_id} overrides ControlEnv's step: step it with step_episodes")
+    problem = make_problem(env_id, **(env_kwargs or {}))
+    batch = len(x0)
+    resting = np.clip(np.zeros(problem.n_control), problem.u_low, problem.u_high)
+    x, dead, controls = x0, np.zeros(batch, dtype=bool), []
+    for k in range(problem.horizon):
+        action, _ = policy.predict(observations(problem, x, target, k),
+                                   episode_start=np.full(batch, k == 0), deterministic=True)
+        u = np.asarray(action, dtype=np.float64).reshape(batch, problem.n_control)
+        u[dead] = resting
+        controls.append(u)
+        x = np.where(dead[:, None], x, problem.step(x, u))
+        dead |= problem.failed(x, k + 1)
+    controls = np.stack(controls, axis=1)
+    return Episodes(controls, problem.rollout(x0, controls), problem.cost(x0, target, controls))
+
+
+def run_episodes(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
+                 env_kwargs: dict | None = None, path: EpisodePath = "auto") -> Episodes:
+    """Episodes of ``policy`` from ``x0, target [B, n]`` by ``path`` (see the module
+    docstring; ``"auto"``: plan where the policy acts by plan, else step)."""
+    if path == "auto":
+        path = "plan" if acts_by_plan(policy) else "step"
+    if path == "plan":
+        return run_plans(policy, make_problem(env_id, **(env_kwargs or {})), x0, target)
+    if path == "step":
+        return step_episodes(policy, env_id, x0, target, env_kwargs)[0]
+    if path == "batched":
+        return run_feedback(policy, env_id, x0, target, env_kwargs)
+    raise ValueError(f"path must be 'auto', 'plan', 'step' or 'batched', got {path!r}")
+
+
+# ----------------------------------------------------------------------------- metrics
+def trajectory_metrics(problem: ControlProblem, target: np.ndarray,
+                       episodes: Episodes) -> dict[str, float]:
+    """Metrics of ``episodes`` towards ``target [B, n]``: mean cost, terminal error (total and
+    per state group), effort, success rate and violations."""
+    controls, states, costs = episodes.controls, episodes.states, episodes.costs
+    final_error = problem.state_error_np(states[:, -1], target)
+    applied = np.clip(controls, problem.u_low, problem.u_high)
+    out_of_bound = np.any((controls < problem.u_low - 1e-6) | (controls > problem.u_high + 1e-6),
+                          axis=(1, 2))
+    metrics = {
+        "mean_cost": float(costs.mean()),
+        "terminal_error": float(np.linalg.norm(final_error, axis=1).mean()),
+    }
+    for group, indices in problem.error_groups.items():
+        metrics[f"terminal_error_{group}"] = float(
+            np.linalg.norm(final_error[:, list(indices)], axis=1).mean())
+    alive = problem.alive_mask(states)  # steps after a failure (episode ended) are not taken
+    metrics["effort"] = float((np.einsum("bki,ij,bkj->bk", applied, problem.R, applied)
+                               * alive).sum(1).mean())
+    metrics["success_rate"] = float(problem.success(states, target).mean())
+    metrics["violations"] = float((out_of_bound | problem.constraint_violations(states)).mean())
+    return metrics
+
+
+def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_OUT_SEED, *,
+             env_kwargs: dict | None = None, path: EpisodePath = "auto",
+             latency_samples: int = 20) -> dict[str, float]:
+    """Evaluate ``policy`` on ``n_episodes`` starts of ``env_id`` drawn with ``seed``.
+
+    Returns the metrics of `trajectory_metrics`, the expert's mean cost on the same starts and
+    the `gap`, and, with ``latency_samples > 0``, ``ms_per_plan``: the batch-1 wall time to
+    control one episode (a plan policy: the median time of one plan; a stepped policy: its N
+    ``predict`` calls, stepping the first ``latency_samples`` episodes one at a time, and
+    ``ms_per_action``, their mean).
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be positive, got {n_episodes}")
+    problem = make_problem(env_id, **(env_kwargs or {}))
+    x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
+    if path == "auto":
+        path = "plan" if acts_by_plan(policy) else "step"
+    latency: dict[str, float] = {}
+    if path == "step":
+        episodes = step_episodes(policy, env_id, x0, target, env_kwargs)[0]
+        if latency_samples > 0:
+            k = min(latency_samples, n_episodes)  # episodes one at a time, as one robot
+            seconds = step_episodes(policy, env_id, x0[:k], target[:k], env_kwargs, batch=1)[1]
+            latency["ms_per_plan"] = 1000.0 * seconds / k
+            latency["ms_per_action"] = latency["ms_per_plan"] / problem.horizon
+    else:
+        episodes = run_episodes(policy, env_id, x0, target, env_kwargs, path)
+        if path == "plan" and latency_samples > 0:
+            latency["ms_per_plan"] = plan_latency_ms(policy, x0[:latency_samples],
+                                                     target[:latency_samples])
+    metrics = trajectory_metrics(problem, target, episodes)
+    metrics["expert_cost"] = float(expert_costs(env_id, n_episodes, seed, env_kwargs).mean())
+    metrics["gap"] = gap(metrics["mean_cost"], metrics["expert_cost"])
+    metrics.update(latency)
+    metrics["n_episodes"] = n_episodes
+    return metrics
+
+
+# ----------------------------------------------------------------------------- latency
+def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray) -> float:
+    """Median wall time of ``policy.plan`` on one start (batch 1), in ms, on one thread (a
+    planner serves one robot; threads only add overhead at batch 1), after one warm-up call."""
+    return plan_latencies_ms({"policy": policy}, x0, target)["policy"]
+
+
+def plan_latencies_ms(policies: dict[str, Any], x0: np.ndarray, target: np.ndarray,
+                      block: int = 10) -> dict[str, float]:
+    """`plan_latency_ms` of several policies, timed in turn on blocks of ``block`` starts, so
+    that a machine whose speed drifts (shared cores, throttling) slows them alike and their
+    ratios hold (blocks rather than single starts keep each policy's caches warm, as one
+    policy's calls in a row are)."""
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    with one_thread():
+        for policy in policies.values():
+            policy.plan(x0[:1], target[:1])
+        for first in range(0, len(x0), block):
+            for name, policy in policies.items():
+                for i in range(first, min(first + block, len(x0))):
+                    start = time.perf_counter()
+                    policy.plan(x0[i:i + 1], target[i:i + 1])
+                    times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}
+
+
+def batch_ms_per_plan(policy: Any, x0: np.ndarray, target: np.ndarray, repeats: int = 3) -> float:
+    """Amortised ms per plan when planning all of ``x0`` in one call (best of ``repeats``)."""
+    policy.plan(x0, target)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        policy.plan(x0, target)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(x0)
+
+
+# ------------------------------------------------------------------------------ tables
+@dataclass(frozen=True)
+class Metric:
+    """How a metric is shown: its column header (with its unit) and format."""
+
+    header: str
+    fmt: str
+
+    def format(self, value: Any) -> str:
+        if value is None:
+            return "-"
+        return value if isinstance(value, str) else self.fmt.format(value)
+
+
+METRICS: dict[str, Metric] = {
+    "mean_cost": Metric("mean cost", "{:.3f}"),
+    "expert_cost": Metric("expert cost", "{:.3f}"),
+    "gap": Metric("gap to expert", "{:+.3%}"),
+    "success_rate": Metric("success", "{:.1%}"),
+    "terminal_error": Metric("terminal error", "{:.4f}"),
+    "effort": Metric("effort", "{:.3f}"),
+    "violations": Metric("violations", "{:.1%}"),
+    # One plan (planners) or N predict calls (MPC, SB3) at batch 1.
+    "ms_per_plan": Metric("ms/episode", "{:.2f}"),
+    "ms_per_action": Metric("ms/action", "{:.3f}"),
+    "ms_per_plan_batched": Metric("ms/plan (batch 1024)", "{:.4f}"),
+    "vs_expert": Metric("x expert (batch 1)", "{:.2f}"),
+    "parameters": Metric("parameters", "{:,}"),
+    "expert_solves": Metric("expert solves", "{:,}"),
+    "env_steps": Metric("env steps", "{:,}"),
+    "train_seconds": Metric("training wall (s)", "{:,.0f}"),
+    "epochs": Metric("epochs", "{}"),
+    "seconds_per_plan": Metric("s/plan", "{:.3f}"),
 }
+DEFAULT_COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error", "effort", "ms_per_plan")
 
 
-def format_table(results: dict[str, dict[str, Any]], columns: dict | None = None) -> str:
-    """A markdown table with one row per policy (``results[name] = metrics``)."""
-    columns = dict(columns or COLUMNS)
-    extra = sorted({k for m in results.values() for k in m if k.startswith("terminal_error_")})
-    if columns is COLUMNS or columns == COLUMNS:
-        for key in extra:
-            columns[key] = (key.removeprefix("terminal_error_") + " error", "{:.4f}")
-    lines = ["| policy | " + " | ".join(h for h, _ in columns.values()) + " |",
+def metric(key: str) -> Metric:
+    """The `Metric` of ``key``: a registered key, ``terminal_error_<group>`` or
+    ``iterate_<k>`` (the mean cost of refinement iterate k)."""
+    if key in METRICS:
+        return METRICS[key]
+    if key.startswith("terminal_error_"):
+        return Metric(key.removeprefix("terminal_error_") + " error", "{:.4f}")
+    if key.startswith("iterate_"):
+        return Metric("iterate " + key.removeprefix("iterate_"), "{:.3f}")
+    raise ValueError(f"unknown metric {key!r}; registered: {sorted(METRICS)}")
+
+
+def format_table(results: dict[str, dict[str, Any]], columns: tuple[str, ...] | None = None,
+                 first: str = "policy") -> str:
+    """A markdown table with one row per entry (``results[name] = metrics``); ``columns`` are
+    metric keys (default: `DEFAULT_COLUMNS` and every per-group terminal error present). A
+    missing value prints '-'."""
+    if columns is None:
+        groups = sorted({k for m in results.values() for k in m
+                         if k.startswith("terminal_error_")})
+        columns = (*DEFAULT_COLUMNS, *groups)
+    lines = [f"| {first} | " + " | ".join(metric(k).header for k in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for name, metrics in results.items():
-        cells = []
-        for key, (_, fmt) in columns.items():
-            value = metrics.get(key)
-            cells.append("-" if value is None else fmt.format(value) if not isinstance(value, str)
-                         else value)
+    for name, values in results.items():
+        cells = [metric(k).format(values.get(k)) for k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

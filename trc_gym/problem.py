@@ -13,6 +13,7 @@ the environment clips its actions, so a batched rollout and the env's return alw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -122,6 +123,11 @@ class ControlProblem:
         freezes the trajectory there. Default ``None``: no failure states (episodes always run
         N steps)."""
         return None
+
+    @property
+    def has_failure_states(self) -> bool:
+        """Whether the problem overrides `failure_torch` (episodes may end early)."""
+        return type(self).failure_torch is not ControlProblem.failure_torch
 
     def rollout_torch(self, x0: Tensor, U: Tensor, terminate: bool = True) -> Tensor:
         """States ``[B, N+1, n]`` from ``x0 [B, n]`` under ``U [B, N, m]`` (differentiable).
@@ -274,32 +280,12 @@ class ControlProblem:
         """Default target: the origin. Problems with other targets override this."""
         return np.zeros((size, self.n_state))
 
-    # ------------------------------------------------------------------ expert
-    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """The expert's plans ``U [B, N, m]`` (each problem names its solver)."""
-        raise NotImplementedError(f"{type(self).__name__} has no expert")
-
+    # ------------------------------------------------------------------ equilibria
     def equilibrium_control(self, target: np.ndarray) -> np.ndarray:
         """The control ``[B, m]`` that holds each rest state ``target [B, n]`` in place (the
         LQR experts linearise there). Default: zero; problems such as a hovering quadrotor
         override it."""
         return np.zeros((len(target), self.n_control))
-
-    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
-        """Soft state-constraint terms ``[B]`` of trajectories ``states [B, N+1, n]`` (e.g.
-        obstacle or ground barriers) that the iLQR expert minimises besides J. Must be a sum of
-        terms each depending on a single state (the solver reads its Hessian per time step).
-        Default: none (zeros)."""
-        return states.new_zeros(states.shape[0])
-
-    def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
-        """Plans ``[B, N, m]`` the iLQR expert starts from (it keeps the best result per start).
-        Default: clipped finite-horizon LQR of the linearisation at the target, and zeros."""
-        from trc_gym.experts.lqr import clipped_lqr_plans
-
-        zeros = np.clip(np.zeros((len(x0), self.horizon, self.n_control)), self.u_low,
-                        self.u_high)
-        return [clipped_lqr_plans(self, x0, target), zeros]
 
     # ------------------------------------------------------------------ checks
     def check_states(self, x: np.ndarray, name: str, batch: int | None = None) -> np.ndarray:
@@ -329,8 +315,29 @@ def check_array(a: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
+def wrap_angle(a: Tensor) -> Tensor:
+    """Angles into ``[-pi, pi)`` (derivative 1 almost everywhere), for `state_error`."""
+    return torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
+
+
+def stacked_prediction(A: np.ndarray, B: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Phi [(N+1) n, n]`` and ``Gamma [(N+1) n, N m]`` with ``vec(X) = Phi x0 + Gamma vec(U)``
+    for ``x+ = A x + B u``."""
+    n, m = B.shape
+    powers = [np.eye(n)]
+    for _ in range(horizon):
+        powers.append(A @ powers[-1])
+    Phi = np.concatenate(powers)
+    Gamma = np.zeros(((horizon + 1) * n, horizon * m))
+    for k in range(1, horizon + 1):
+        for j in range(k):
+            Gamma[k * n:(k + 1) * n, j * m:(j + 1) * m] = powers[k - 1 - j] @ B
+    return Phi, Gamma
+
+
 class LinearProblem(ControlProblem):
-    """``x+ = A x + B u``; its expert is the exact optimum of the box-constrained QP."""
+    """``x+ = A x + B u``: subclasses set ``A [n, n]`` and ``B [n, m]`` before calling
+    ``super().__init__``."""
 
     A: np.ndarray
     B: np.ndarray
@@ -339,8 +346,6 @@ class LinearProblem(ControlProblem):
         """``A``, ``B`` and the stacked ``Phi``, ``Gamma`` of `stacked_prediction` for
         ``steps`` steps, as tensors like ``like`` (cached)."""
         def arrays() -> dict[str, np.ndarray]:
-            from trc_gym.experts.lqr import stacked_prediction
-
             Phi, Gamma = stacked_prediction(self.A, self.B, steps)
             return {"A": self.A, "B": self.B, "Phi": Phi, "Gamma": Gamma}
 
@@ -352,30 +357,10 @@ class LinearProblem(ControlProblem):
 
     def rollout_torch(self, x0: Tensor, U: Tensor, terminate: bool = True) -> Tensor:
         """The same states as stepping, in one product: ``X = Phi x0 + Gamma vec(clip(U))``
-        (linear problems have no failure states, so ``terminate`` changes nothing)."""
+        (stepped, as the base class does, where failure states can end a trajectory)."""
+        if terminate and self.has_failure_states:
+            return super().rollout_torch(x0, U, terminate)
         B, steps = U.shape[:2]
         c = self.linear_constants(x0, steps)
         flat = x0 @ c["Phi"].T + self.clip_controls(U).reshape(B, -1) @ c["Gamma"].T
         return flat.view(B, steps + 1, self.n_state)
-
-    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        from trc_gym.experts.lqr import solve_box_qp_plans
-
-        x0 = self.check_states(x0, "x0")
-        target = self.check_states(target, "target", batch=x0.shape[0])
-        return solve_box_qp_plans(self, x0, target)
-
-
-class NonlinearProblem(ControlProblem):
-    """A problem whose expert is box-constrained iLQR (`trc_gym.experts.ilqr`) run from each of
-    `initial_guesses`. Solver settings for `ilqr` may be set in ``ilqr_options``."""
-
-    expert_is_slow = True  # datasets.generate spreads the expert over processes
-    ilqr_options: dict = {}  # noqa: RUF012  (read-only keyword defaults for `ilqr`)
-
-    def expert_plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        from trc_gym.experts.ilqr import ilqr_expert_plans
-
-        x0 = self.check_states(x0, "x0")
-        target = self.check_states(target, "target", batch=x0.shape[0])
-        return ilqr_expert_plans(self, x0, target)

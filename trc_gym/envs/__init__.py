@@ -33,3 +33,10 @@ def env_class(env_id: str):
 def make_problem(env_id: str, **kwargs):
     """The `ControlProblem` behind ``env_id`` (kwargs go to the problem, e.g. random_target)."""
     return env_class(env_id).problem_class(**kwargs)
+
+
+def make_expert(env_id: str, **kwargs):
+    """The `trc_gym.experts.Expert` that ``env_id`` names, for its problem made with
+    ``kwargs``."""
+    cls = env_class(env_id)
+    return cls.expert_class(cls.problem_class(**kwargs))

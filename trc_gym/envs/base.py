@@ -25,12 +25,14 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from trc_gym.experts.base import Expert
 from trc_gym.problem import ControlProblem, check_array
 
 
 class ControlEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 10}
     problem_class: ClassVar[type[ControlProblem]]
+    expert_class: ClassVar[type[Expert]]  # the solver whose plans define the optimum
 
     def __init__(self, render_mode: str | None = None, **problem_kwargs: Any):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -39,10 +41,8 @@ class ControlEnv(gym.Env):
         self.render_mode = render_mode
         self.problem = self.problem_class(**problem_kwargs)
         p = self.problem
-        self.extras = np.asarray(p.observation_extras(), dtype=np.float64).reshape(-1)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf,
-                                                (2 * p.n_state + 1 + len(self.extras),),
-                                                np.float32)
+        n_obs = 2 * p.n_state + 1 + np.size(p.observation_extras())
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n_obs,), np.float32)
         self.action_space = gym.spaces.Box(p.u_low.astype(np.float32),
                                            p.u_high.astype(np.float32), dtype=np.float32)
         self.state = np.zeros(p.n_state)
@@ -102,9 +102,8 @@ class ControlEnv(gym.Env):
         return self._observation(), reward, terminated, False, info
 
     def _observation(self) -> np.ndarray:
-        time_left = (self.problem.horizon - self.step_index) / self.problem.horizon
-        return np.concatenate([self.state, self.target, [time_left], self.extras]).astype(
-            np.float32)
+        return observations(self.problem, self.state[None], self.target[None],
+                            self.step_index)[0]
 
     def _info(self) -> dict[str, Any]:
         return {"state": self.state.copy(), "target": self.target.copy()}
@@ -137,6 +136,16 @@ class ControlEnv(gym.Env):
             pygame.display.quit()
             pygame.quit()
             self.screen = None
+
+
+def observations(problem: ControlProblem, x: np.ndarray, target: np.ndarray,
+                 step_index: int) -> np.ndarray:
+    """The env's observations ``[B, 2n+1+k]`` (float32) of states ``x [B, n]`` and targets
+    ``target [B, n]`` after ``step_index`` steps: ``[x, x*, fraction of time left, extras]``."""
+    time_left = np.full((len(x), 1), (problem.horizon - step_index) / problem.horizon)
+    extras = np.asarray(problem.observation_extras(), dtype=np.float64).reshape(1, -1)
+    return np.concatenate([x, target, time_left, np.repeat(extras, len(x), axis=0)],
+                          axis=1).astype(np.float32)
 
 
 def observation_parts(obs: np.ndarray, n_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -73,17 +73,17 @@ import torch
 from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
-from trc_gym.envs.pendulum import wrap_angle
 from trc_gym.envs.rendering import BODY, DARK, TARGET
+from trc_gym.experts import ILQRExpert
 from trc_gym.experts.guesses import closed_loop_plans, pump_then_catch
-from trc_gym.problem import NonlinearProblem
+from trc_gym.problem import ControlProblem, wrap_angle
 
 GRAVITY, CART_MASS, POLE_MASS, HALF_LENGTH, MAX_FORCE = 9.8, 1.0, 0.1, 0.5, 10.0
 TOTAL_MASS = CART_MASS + POLE_MASS
 POLE_MASS_LENGTH = POLE_MASS * HALF_LENGTH
 
 
-class CartPoleProblem(NonlinearProblem):
+class CartPoleProblem(ControlProblem):
     def __init__(self, random_target: bool = False):
         self.random_target = random_target
         super().__init__(
@@ -115,7 +115,13 @@ class CartPoleProblem(NonlinearProblem):
             targets[:, 0] = rng.uniform(-1.0, 1.0, size)
         return targets
 
+
+class CartPoleExpert(ILQRExpert):
+    """iLQR from clipped LQR, zero force, and energy pumping with an LQR catch near upright
+    (no kick, a kick left, a kick right)."""
+
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        problem = self.problem
         guesses = super().initial_guesses(x0, target)
         inertia = 4.0 / 3.0 * POLE_MASS * HALF_LENGTH**2  # about the hinge
         upright = POLE_MASS * GRAVITY * HALF_LENGTH
@@ -131,18 +137,19 @@ class CartPoleProblem(NonlinearProblem):
             return (MAX_FORCE * np.clip(push + centre, -1.0, 1.0))[:, None]
 
         def near(x: np.ndarray) -> np.ndarray:
-            e = self.state_error_np(x, target)
+            e = problem.state_error_np(x, target)
             return np.abs(e[:, 2]) + 0.1 * np.abs(e[:, 3]) < 0.4
 
         for kick, steps in ((0.0, 0), (MAX_FORCE, 4), (-MAX_FORCE, 4)):
-            controller = pump_then_catch(self, target, pump, near, kick, steps)
-            guesses.append(closed_loop_plans(self, x0, controller))
+            controller = pump_then_catch(problem, target, pump, near, kick, steps)
+            guesses.append(closed_loop_plans(problem, x0, controller))
         return guesses
 
 
 class CartPoleEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = CartPoleProblem
+    expert_class = CartPoleExpert
     view = (-2.5, 2.5, -2.0, 3.0)
 
     def draw(self, canvas) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
+from trc_gym.experts import BoxQPExpert
 from trc_gym.problem import LinearProblem
 
 
@@ -73,6 +74,7 @@ class DoubleIntegratorProblem(LinearProblem):
 class DoubleIntegratorEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = DoubleIntegratorProblem
+    expert_class = BoxQPExpert
     view = (-4.0, 4.0, -4.0, 4.0)
 
     def draw(self, canvas) -> None:

@@ -82,7 +82,8 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET, WARN
-from trc_gym.problem import NonlinearProblem
+from trc_gym.experts import ILQRExpert
+from trc_gym.problem import LinearProblem
 
 OBSTACLES = np.array([  # centre x, centre y, radius (m)
     [-1.5, 1.2, 1.0],
@@ -98,9 +99,9 @@ BARRIER_WEIGHT, BARRIER_MARGIN = 1000.0, 0.1  # expert only: per m^2, m
 VIA_X, VIA_YS = 0.0, (-2.5, 0.0, 2.5)  # detour via points of the initial guesses
 
 
-class ObstacleNavProblem(NonlinearProblem):
-    """The dynamics are linear, but the obstacles make the problem non-convex: it is solved
-    by iLQR from several initial guesses, not by the linear problems' QP."""
+class ObstacleNavProblem(LinearProblem):
+    """Linear dynamics; the obstacles make the problem non-convex, so its expert is iLQR from
+    several initial guesses rather than the linear problems' QP."""
 
     success_rule = "‖x_N − x*‖ < 0.1, no collision"  # README's env table
 
@@ -121,12 +122,7 @@ class ObstacleNavProblem(NonlinearProblem):
             error_groups={"position": (0, 1), "velocity": (2, 3)},
         )
 
-    # ------------------------------------------------------------------ dynamics
-    def discrete_step(self, x: Tensor, u: Tensor) -> Tensor:
-        A = torch.as_tensor(self.A, dtype=x.dtype, device=x.device)
-        B = torch.as_tensor(self.B, dtype=x.dtype, device=x.device)
-        return x @ A.T + u @ B.T
-
+    # ------------------------------------------------------------------ obstacles
     def clearance_torch(self, positions: Tensor) -> Tensor:
         """Distance to each obstacle's edge ``[..., K]`` of positions ``[..., 2]`` (m; negative
         inside)."""
@@ -137,12 +133,6 @@ class ObstacleNavProblem(NonlinearProblem):
     def failure_torch(self, x: Tensor, step: int) -> Tensor:
         """A collision: inside any obstacle."""
         return (self.clearance_torch(x[..., :2]) < 0.0).any(-1)
-
-    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
-        """Obstacle barrier for the expert, ``1000 max(0, 0.1 - clearance)^2`` summed over the
-        states after the start and the obstacles."""
-        gap = torch.relu(BARRIER_MARGIN - self.clearance_torch(states[:, 1:, :2]))
-        return BARRIER_WEIGHT * (gap * gap).sum((1, 2))
 
     # ------------------------------------------------------------------ outcomes
     def collisions(self, states: np.ndarray) -> np.ndarray:
@@ -169,7 +159,16 @@ class ObstacleNavProblem(NonlinearProblem):
             targets[:, 1] = rng.uniform(-2.5, 2.5, size)
         return targets
 
-    # ------------------------------------------------------------------ expert
+
+class ObstacleNavExpert(ILQRExpert):
+    """iLQR on J plus an obstacle barrier, from the straight line and three detours."""
+
+    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
+        """Obstacle barrier for the expert, ``1000 max(0, 0.1 - clearance)^2`` summed over the
+        states after the start and the obstacles."""
+        gap = torch.relu(BARRIER_MARGIN - self.problem.clearance_torch(states[:, 1:, :2]))
+        return BARRIER_WEIGHT * (gap * gap).sum((1, 2))
+
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The straight line to the goal, and detours through each via point ``(0, y)``, each
         flown by `waypoint_plans`."""
@@ -183,16 +182,17 @@ class ObstacleNavProblem(NonlinearProblem):
         """Plans ``[B, N, 2]`` of a clipped PD law tracking a point that moves at constant
         speed along the polyline start -> ``via`` -> goal (or start -> goal), arriving at the
         goal at 80% of the horizon."""
-        x = self.check_states(x0, "x0")
+        p = self.problem
+        x = p.check_states(x0, "x0")
         points = [x[:, :2]] + ([np.broadcast_to(via, x[:, :2].shape)] if via is not None
                                else []) + [target[:, :2]]
         legs = [np.linalg.norm(b - a, axis=1) for a, b in itertools.pairwise(points)]
         total = np.maximum(sum(legs), 1e-9)
-        arrive = 0.8 * self.horizon * self.dt
+        arrive = 0.8 * p.horizon * p.dt
         kp, kd = 4.0, 4.0
         plan = []
-        for k in range(self.horizon):
-            s = np.minimum(k * self.dt / arrive, 1.0) * total  # arc length of the reference
+        for k in range(p.horizon):
+            s = np.minimum(k * p.dt / arrive, 1.0) * total  # arc length of the reference
             ref = points[-1].copy()
             start = np.zeros_like(s)
             for a, b, length in zip(points[:-1], points[1:], legs):
@@ -200,15 +200,16 @@ class ObstacleNavProblem(NonlinearProblem):
                 on_leg = (s >= start) & (s <= start + length)
                 ref = np.where(on_leg[:, None], a + frac * (b - a), ref)
                 start = start + length
-            u = np.clip(kp * (ref - x[:, :2]) - kd * x[:, 2:], self.u_low, self.u_high)
+            u = np.clip(kp * (ref - x[:, :2]) - kd * x[:, 2:], p.u_low, p.u_high)
             plan.append(u)
-            x = self.step(x, u)
+            x = p.step(x, u)
         return np.stack(plan, axis=1)
 
 
 class ObstacleNavEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = ObstacleNavProblem
+    expert_class = ObstacleNavExpert
     view = (-5.5, 5.5, -5.5, 5.5)
 
     def draw(self, canvas) -> None:

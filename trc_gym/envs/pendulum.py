@@ -66,18 +66,14 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
+from trc_gym.experts import ILQRExpert
 from trc_gym.experts.guesses import closed_loop_plans, pump_then_catch
-from trc_gym.problem import NonlinearProblem
+from trc_gym.problem import ControlProblem, wrap_angle
 
 G, MASS, LENGTH, MAX_TORQUE = 10.0, 1.0, 1.0, 2.0
 
 
-def wrap_angle(a: Tensor) -> Tensor:
-    """Angles into ``[-pi, pi)`` (derivative 1 almost everywhere)."""
-    return torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
-
-
-class PendulumProblem(NonlinearProblem):
+class PendulumProblem(ControlProblem):
     def __init__(self):
         super().__init__(
             name="Pendulum", state_names=("angle", "angular_velocity"),
@@ -96,7 +92,13 @@ class PendulumProblem(NonlinearProblem):
         e = x - target
         return torch.cat([wrap_angle(e[..., :1]), e[..., 1:]], dim=-1)
 
+
+class PendulumExpert(ILQRExpert):
+    """iLQR from clipped LQR, zero torque, and energy pumping with an LQR catch near the top
+    (no kick, a kick left, a kick right)."""
+
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        problem = self.problem
         guesses = super().initial_guesses(x0, target)
         scale = 3.0 * G / (2.0 * LENGTH)
 
@@ -108,18 +110,19 @@ class PendulumProblem(NonlinearProblem):
             return MAX_TORQUE * push[:, None]
 
         def near(x: np.ndarray) -> np.ndarray:
-            e = self.state_error_np(x, target)
+            e = problem.state_error_np(x, target)
             return np.abs(e[:, 0]) + 0.2 * np.abs(e[:, 1]) < 0.6
 
         for kick, steps in ((0.0, 0), (MAX_TORQUE, 6), (-MAX_TORQUE, 6)):
-            controller = pump_then_catch(self, target, pump, near, kick, steps)
-            guesses.append(closed_loop_plans(self, x0, controller))
+            controller = pump_then_catch(problem, target, pump, near, kick, steps)
+            guesses.append(closed_loop_plans(problem, x0, controller))
         return guesses
 
 
 class PendulumEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = PendulumProblem
+    expert_class = PendulumExpert
     view = (-1.4, 1.4, -1.4, 1.4)
 
     def draw(self, canvas) -> None:

@@ -78,7 +78,9 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET, WARN
-from trc_gym.problem import NonlinearProblem
+from trc_gym.experts import ILQRExpert, clipped_lqr_plans
+from trc_gym.experts.guesses import closed_loop_plans
+from trc_gym.problem import ControlProblem, wrap_angle
 
 MASS = 0.486  # kg
 ARM = 0.25  # m
@@ -88,12 +90,7 @@ U_MAX = MASS * GRAVITY  # N per rotor: thrust-to-weight ratio 2
 HOVER = 0.5 * MASS * GRAVITY  # N per rotor
 
 
-def wrap_angle(a: Tensor) -> Tensor:
-    """Angles into ``[-pi, pi)``."""
-    return torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
-
-
-class Quadrotor2DProblem(NonlinearProblem):
+class Quadrotor2DProblem(ControlProblem):
     def __init__(self, random_target: bool = False):
         self.random_target = random_target
         Q = np.diag([10.0, 10.0, 1.0, 1.0, 1.0, 0.1])
@@ -131,14 +128,13 @@ class Quadrotor2DProblem(NonlinearProblem):
             targets[:, :2] = rng.uniform(-1.0, 1.0, (size, 2))
         return targets
 
+
+class Quadrotor2DExpert(ILQRExpert):
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """A gentle cascaded flight controller (`cascade_controller`) flown closed loop, and
         the clipped LQR about the hover."""
-        from trc_gym.experts.guesses import closed_loop_plans
-        from trc_gym.experts.lqr import clipped_lqr_plans
-
-        return [closed_loop_plans(self, x0, cascade_controller(target)),
-                clipped_lqr_plans(self, x0, target)]
+        return [closed_loop_plans(self.problem, x0, cascade_controller(target)),
+                clipped_lqr_plans(self.problem, x0, target)]
 
 
 def cascade_controller(target: np.ndarray, omega: float = 1.5, omega_pitch: float = 10.0,
@@ -164,6 +160,7 @@ def cascade_controller(target: np.ndarray, omega: float = 1.5, omega_pitch: floa
 class Quadrotor2DEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = Quadrotor2DProblem
+    expert_class = Quadrotor2DExpert
     view = (-3.0, 3.0, -3.0, 3.0)
     thrusts: np.ndarray = np.full(2, HOVER)  # the thrusts [N] of the last step, for drawing
 

@@ -89,7 +89,8 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET, WARN
-from trc_gym.problem import NonlinearProblem
+from trc_gym.experts import ILQRExpert
+from trc_gym.problem import ControlProblem
 
 GRAVITY = np.array([0.0, 0.0, -3.71])  # m/s^2 (Mars)
 ISP = 200.7  # s
@@ -102,7 +103,7 @@ CRASH_PENALTY = 1000.0
 GROUND_BARRIER, GROUND_MARGIN = 1000.0, 0.5  # expert only: weight per m^2, m
 
 
-class RocketProblem(NonlinearProblem):
+class RocketProblem(ControlProblem):
     # README's env table (markdown-escaped bars):
     success_rule = r"touchdown: \|z_N\| < 1 m, < 5 m from the pad, speed < 2 m/s, no crash"
 
@@ -136,11 +137,6 @@ class RocketProblem(NonlinearProblem):
         below = x[..., 2] < 0.0
         return below if step < self.horizon else torch.zeros_like(below)
 
-    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
-        """Ground barrier for the expert: ``1000 max(0, 0.5 - z_k)^2`` summed over k < N."""
-        gap = torch.relu(GROUND_MARGIN - states[:, 1:-1, 2])
-        return GROUND_BARRIER * (gap * gap).sum(1)
-
     # ------------------------------------------------------------------ outcomes
     def success(self, states: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Touchdown on the pad: ``|z_N| < 1 m``, within 5 m of the pad horizontally, speed
@@ -163,11 +159,22 @@ class RocketProblem(NonlinearProblem):
         states = np.asarray(states)
         return 1000.0 * (states[:, 0, 6] - states[:, -1, 6])
 
-    # ------------------------------------------------------------------ expert
+    def sample_targets(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return np.zeros((size, 7))  # the pad at rest
+
+
+class RocketExpert(ILQRExpert):
+    """iLQR on J plus a ground barrier, from guidance-law and hover guesses."""
+
+    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
+        """Ground barrier for the expert: ``1000 max(0, 0.5 - z_k)^2`` summed over k < N."""
+        gap = torch.relu(GROUND_MARGIN - states[:, 1:-1, 2])
+        return GROUND_BARRIER * (gap * gap).sum(1)
+
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The energy-optimal fixed-time guidance law flown closed loop (thrust clipped into
         the box), and a constant hover thrust."""
-        hover = np.zeros((len(x0), self.horizon, 3))
+        hover = np.zeros((len(x0), self.problem.horizon, 3))
         hover[..., 2] = np.clip(-GRAVITY[2] * x0[:, 6], 0.0, T_VERT)[:, None]
         return [self.guidance_plans(x0, target), hover]
 
@@ -175,26 +182,25 @@ class RocketProblem(NonlinearProblem):
         """Plans ``[B, N, 3]`` of the unconstrained minimum-energy guidance law
         ``a = 6 (r* - r - v t_go) / t_go^2 - 2 (v* - v) / t_go - g``, ``T = m a`` (clipped),
         recomputed from the state reached at every step."""
-        x = self.check_states(x0, "x0")
-        target = self.check_states(target, "target", batch=len(x))
+        p = self.problem
+        x = p.check_states(x0, "x0")
+        target = p.check_states(target, "target", batch=len(x))
         plan = []
-        for k in range(self.horizon):
-            t_go = (self.horizon - k) * self.dt
+        for k in range(p.horizon):
+            t_go = (p.horizon - k) * p.dt
             r, v = x[:, :3], x[:, 3:6]
             accel = (6.0 * (target[:, :3] - r - v * t_go) / t_go**2
                      - 2.0 * (target[:, 3:6] - v) / t_go - GRAVITY)
-            u = np.clip(x[:, 6:7] * accel, self.u_low, self.u_high)
+            u = np.clip(x[:, 6:7] * accel, p.u_low, p.u_high)
             plan.append(u)
-            x = self.step(x, u)
+            x = p.step(x, u)
         return np.stack(plan, axis=1)
-
-    def sample_targets(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        return np.zeros((size, 7))  # the pad at rest
 
 
 class RocketEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = RocketProblem
+    expert_class = RocketExpert
     view = (-450.0, 450.0, -50.0, 850.0)  # side view (x, z) in m
 
     thrust: np.ndarray = np.zeros(3)  # kN, the last step's (clipped) thrust, for drawing

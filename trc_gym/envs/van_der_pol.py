@@ -62,12 +62,13 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
-from trc_gym.problem import NonlinearProblem
+from trc_gym.experts import ILQRExpert
+from trc_gym.problem import ControlProblem
 
 MU = 1.0
 
 
-class VanDerPolProblem(NonlinearProblem):
+class VanDerPolProblem(ControlProblem):
     def __init__(self, random_target: bool = False):
         self.random_target = random_target
         Q = np.diag([10.0, 5.0])
@@ -96,6 +97,7 @@ class VanDerPolProblem(NonlinearProblem):
 class VanDerPolEnv(ControlEnv):
     __doc__ = __doc__
     problem_class = VanDerPolProblem
+    expert_class = ILQRExpert
     view = (-3.0, 3.0, -3.0, 3.0)
 
     def draw(self, canvas) -> None:

@@ -1,13 +1,11 @@
-"""Experts: finite-horizon LQR, the exact box-constrained QP, and (for nonlinear problems) iLQR."""
+"""Experts: the exact box-constrained QP for linear problems, box-constrained iLQR for the rest.
 
-from trc_gym.experts.ilqr import box_qp, ilqr, ilqr_expert_plans, objective_torch
-from trc_gym.experts.lqr import (
-    clipped_lqr_plans,
-    finite_horizon_lqr,
-    solve_box_qp,
-    solve_box_qp_plans,
-    stacked_prediction,
-)
+Each env names its expert (``ControlEnv.expert_class``); `trc_gym.envs.make_expert` builds it.
+"""
 
-__all__ = ["box_qp", "clipped_lqr_plans", "finite_horizon_lqr", "ilqr", "ilqr_expert_plans",
-           "objective_torch", "solve_box_qp", "solve_box_qp_plans", "stacked_prediction"]
+from trc_gym.experts.base import Expert
+from trc_gym.experts.ilqr import ILQRExpert, box_qp, ilqr, objective_torch
+from trc_gym.experts.lqr import BoxQPExpert, clipped_lqr_plans, finite_horizon_lqr, solve_box_qp
+
+__all__ = ["BoxQPExpert", "Expert", "ILQRExpert", "box_qp", "clipped_lqr_plans",
+           "finite_horizon_lqr", "ilqr", "objective_torch", "solve_box_qp"]

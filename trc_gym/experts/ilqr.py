@@ -2,7 +2,7 @@
 
 The objective is the problem's cost plus its soft state-constraint terms,
 
-    F(U) = J(x0, x*, U) + problem.penalty_torch(X(U), x*),
+    F(U) = J(x0, x*, U) + penalty(X(U), x*),
 
 minimised over plans ``U`` inside the control box, on the smooth trajectory ``X(U)``: the
 dynamics run on through failure states (as ``rollout_torch(..., terminate=False)``), since the
@@ -27,22 +27,30 @@ One iteration, for every unconverged start at once (tensors ``[B, ...]``, no loo
 
 A start stops when its objective improves by less than ``tol`` (relative), when no decrease is
 predicted, or when its regularisation exceeds `MU_MAX`. The objective never increases, so a
-plan is never worse than its initial guess. `ilqr_expert_plans` runs `ilqr` from each of the
-problem's initial guesses and keeps, per start, the best successful plan.
+plan is never worse than its initial guess. `ILQRExpert` runs `ilqr` from each of its
+initial guesses and keeps, per start, the best successful plan.
 
-Assumption on `penalty_torch`: a sum of terms each depending on one state of one trajectory
-(e.g. a barrier per time step); its Hessian blocks are read off per time step.
+``penalty`` (an env's soft state-constraint terms, e.g. obstacle or ground barriers; see
+`ILQRExpert.penalty_torch`) must be a sum of terms each depending on one state of one
+trajectory (e.g. a barrier per time step): its Hessian blocks are read off per time step.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from trc_gym.experts.base import Expert
+from trc_gym.experts.lqr import clipped_lqr_plans
 from trc_gym.problem import ControlProblem
+from trc_gym.threads import one_thread
+
+# Soft state-constraint terms: (states [B, N+1, n], target [B, n]) -> [B]
+Penalty = Callable[[Tensor, Tensor], Tensor]
 
 DTYPE = torch.float64
 # Line-search step sizes, one group per rollout call (a later group only for the starts that
@@ -53,7 +61,8 @@ ARMIJO = 1e-4
 
 
 def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np.ndarray, *,
-         max_iter: int = 100, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+         penalty: Penalty | None = None, max_iter: int = 100,
+         tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Locally optimal plans from ``x0 [B, n]`` to ``target [B, n]`` started at
     ``U_init [B, N, m]`` (clipped into the bound).
 
@@ -70,61 +79,82 @@ def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np
         tgt = torch.from_numpy(target)
         U = problem.clip_controls(torch.from_numpy(U_init).clone())
         X = _smooth_rollout(problem, x0_t, U)
-        J = objective_torch(problem, X, tgt, U)
+        J = objective_torch(problem, X, tgt, U, penalty)
         mu = torch.zeros(len(x0), dtype=DTYPE)
         active = torch.ones(len(x0), dtype=torch.bool)
         for _ in range(max_iter):
             idx = torch.nonzero(active).flatten()
             if len(idx) == 0:
                 break
-            out = _iterate(problem, X[idx], tgt[idx], U[idx], J[idx], mu[idx], tol)
+            out = _iterate(problem, penalty, X[idx], tgt[idx], U[idx], J[idx], mu[idx], tol)
             X[idx], U[idx], J[idx], mu[idx], done = out
             active[idx] = ~done
     return U.numpy(), J.numpy()
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread inside the block. The solver's tensors are small (a few per
-    start and step), so more threads only add synchronisation, and on a busy machine their
-    spinning made a solve ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def objective_torch(problem: ControlProblem, states: Tensor, target: Tensor, U: Tensor) -> Tensor:
+def objective_torch(problem: ControlProblem, states: Tensor, target: Tensor, U: Tensor,
+                    penalty: Penalty | None = None) -> Tensor:
     """Cost plus penalty ``[B]`` of plans ``U [B, N, m]`` with trajectories ``states``."""
     terms = problem.cost_terms_torch(states, target, U)
     cost = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
-    return cost + problem.penalty_torch(states, target)
+    return cost if penalty is None else cost + penalty(states, target)
 
 
-def ilqr_expert_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
-                      **options) -> np.ndarray:
-    """The expert's plans ``U [B, N, m]``: `ilqr` from every plan in
-    ``problem.initial_guesses(x0, target)``; per start the lowest-objective plan among those
-    that succeed without violating a constraint (or the lowest overall where none does). The
-    initial guesses themselves are candidates too, so the result is never worse than the best
-    successful guess. ``options`` (and ``problem.ilqr_options``) go to `ilqr`."""
-    x0 = problem.check_states(x0, "x0")
-    target = problem.check_states(target, "target", batch=x0.shape[0])
-    options = {**getattr(problem, "ilqr_options", {}), **options}
-    with one_thread():  # the guesses' closed-loop rollouts are small-tensor work too
-        guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
-                   for g in problem.initial_guesses(x0, target)]
-        G, B = len(guesses), len(x0)
-        if G == 0:
-            raise ValueError(f"{problem.name}: initial_guesses returned no plan")
-        # All guesses in one batch: the solver's cost per iteration is mostly per-call overhead.
-        solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
-                      np.concatenate(guesses), **options)[0].reshape(G, B, *guesses[0].shape[1:])
-        candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
-        scores = np.stack([_score(problem, x0, target, plan) for plan in candidates])
-    return candidates[scores.argmin(axis=0), np.arange(B)]
+class ILQRExpert(Expert):
+    """`ilqr` from every plan of `initial_guesses`; per start the lowest-objective plan among
+    those that succeed without violating a constraint (or the lowest overall where none does).
+    The initial guesses themselves are candidates too, so the result is never worse than the
+    best successful guess.
+
+    An env's expert subclasses this: `initial_guesses` (default: clipped finite-horizon LQR of
+    the linearisation at the target, and zeros), `penalty_torch` (soft state-constraint terms
+    besides J; default none) and ``options`` (keyword settings of `ilqr`).
+    """
+
+    parallel = True
+    options: ClassVar[dict[str, Any]] = {}
+
+    def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        """Plans ``[B, N, m]`` to start iLQR from."""
+        p = self.problem
+        zeros = np.clip(np.zeros((len(x0), p.horizon, p.n_control)), p.u_low, p.u_high)
+        return [clipped_lqr_plans(p, x0, target), zeros]
+
+    # Soft state-constraint terms ``[B]`` of trajectories ``states [B, N+1, n]`` minimised
+    # besides J: a method ``penalty_torch(states, target)`` in subclasses, each term depending
+    # on a single state (the solver reads its Hessian per time step). None: no such terms.
+    penalty_torch: Penalty | None = None
+
+    def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        problem = self.problem
+        with one_thread():  # the guesses' closed-loop rollouts are small-tensor work too
+            guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
+                       for g in self.initial_guesses(x0, target)]
+            G, B = len(guesses), len(x0)
+            if G == 0:
+                raise ValueError(f"{type(self).__name__}: initial_guesses returned no plan")
+            # All guesses in one batch: the solver's cost per iteration is mostly per-call
+            # overhead.
+            solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
+                          np.concatenate(guesses), penalty=self.penalty_torch,
+                          **self.options)[0].reshape(G, B, *guesses[0].shape[1:])
+            candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
+            scores = np.stack([self.score(x0, target, plan) for plan in candidates])
+        return candidates[scores.argmin(axis=0), np.arange(B)]
+
+    def score(self, x0: np.ndarray, target: np.ndarray, plan: np.ndarray) -> np.ndarray:
+        """The env's cost J plus the penalty ``[B]`` (on the trajectory as the env runs it,
+        ended at a failure), offset by 1e12 for plans that fail, so successes win."""
+        problem = self.problem
+        with torch.no_grad():
+            tgt, U = torch.from_numpy(target), torch.from_numpy(plan)
+            states = problem.rollout_torch(torch.from_numpy(x0), U)
+            value = problem.cost_torch(torch.from_numpy(x0), tgt, U)
+            if self.penalty_torch is not None:
+                value = value + self.penalty_torch(states, tgt)
+        states, value = states.numpy(), value.numpy()
+        ok = problem.success(states, target) & ~problem.constraint_violations(states)
+        return np.where(ok, value, 1e12 + value)
 
 
 def _smooth_rollout(problem: ControlProblem, x0: Tensor, U: Tensor) -> Tensor:
@@ -135,27 +165,14 @@ def _smooth_rollout(problem: ControlProblem, x0: Tensor, U: Tensor) -> Tensor:
     return torch.stack(states, dim=1)
 
 
-def _score(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
-           plan: np.ndarray) -> np.ndarray:
-    """The env's cost J plus the penalty ``[B]`` (on the trajectory as the env runs it, ended
-    at a failure), offset by 1e12 for plans that fail, so successes win."""
-    with torch.no_grad():
-        tgt, U = torch.from_numpy(target), torch.from_numpy(plan)
-        states = problem.rollout_torch(torch.from_numpy(x0), U)
-        value = (problem.cost_torch(torch.from_numpy(x0), tgt, U)
-                 + problem.penalty_torch(states, tgt)).numpy()
-    states = states.numpy()
-    ok = problem.success(states, target) & ~problem.constraint_violations(states)
-    return np.where(ok, value, 1e12 + value)
-
-
 # ---------------------------------------------------------------------------- one iteration
-def _iterate(problem, X, tgt, U, J, mu, tol):
+def _iterate(problem, penalty, X, tgt, U, J, mu, tol):
     """One iLQR iteration on a batch of starts; returns the updated ``X, U, J, mu`` and which
     starts are done."""
-    derivs = _derivatives(problem, X, tgt, U)
+    derivs = _derivatives(problem, penalty, X, tgt, U)
     k, K, dV1, dV2, ok = _backward(problem, U, mu, *derivs)
-    X_new, U_new, J_new, improved = _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok)
+    X_new, U_new, J_new, improved = _line_search(problem, penalty, X, tgt, U, J, k, K, dV1, dV2,
+                                                 ok)
     gain = torch.where(improved, J - J_new, torch.zeros_like(J))
     # Levenberg-Marquardt: relax after a successful step, stiffen after a failed one.
     mu = torch.where(improved, torch.where(mu / MU_FACTOR < MU_MIN, 0.0, mu / MU_FACTOR),
@@ -166,7 +183,7 @@ def _iterate(problem, X, tgt, U, J, mu, tol):
     return X_new, U_new, J_new, mu, done
 
 
-def _derivatives(problem, X, tgt, U):
+def _derivatives(problem, penalty, X, tgt, U):
     """Dynamics Jacobians ``A [B, N, n, n]``, ``Bu [B, N, n, m]`` and the objective's
     derivatives ``lx [B, N+1, n]``, ``lxx [B, N+1, n, n]``, ``lu [B, N, m]``, ``luu [m, m]``."""
     Bsz, N, m = U.shape
@@ -192,9 +209,9 @@ def _derivatives(problem, X, tgt, U):
         lx = 2.0 * torch.einsum("bkji,bkj->bki", E, We)
         lxx = 2.0 * E.transpose(-1, -2) @ WE
 
-        if _has_penalty(problem):
+        if penalty is not None:
             S = X.clone().requires_grad_(True)
-            total = problem.penalty_torch(S, tgt).sum()
+            total = penalty(S, tgt).sum()
             if total.requires_grad:
                 grad = torch.autograd.grad(total, S, create_graph=True)[0]
                 lx = lx + grad.detach()
@@ -221,10 +238,6 @@ def _psd(H: Tensor) -> Tensor:
     H = 0.5 * (H + H.transpose(-1, -2))
     vals, vecs = torch.linalg.eigh(H)
     return (vecs * vals.clamp(min=0.0)[..., None, :]) @ vecs.transpose(-1, -2)
-
-
-def _has_penalty(problem: ControlProblem) -> bool:
-    return type(problem).penalty_torch is not ControlProblem.penalty_torch
 
 
 def _backward(problem, U, mu, A, Bu, lx, lxx, lu, luu):
@@ -324,7 +337,7 @@ def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = 
     return z, out_free
 
 
-def _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok):
+def _line_search(problem, penalty, X, tgt, U, J, k, K, dV1, dV2, ok):
     """Backtracking line search over `STEP_GROUPS`: the full step ``alpha = 1`` for every start
     first, then, for starts where it fails the Armijo test, every smaller step at once (the
     best passing one wins). Returns the new ``X, U, J`` (unchanged where no step passed) and which
@@ -336,7 +349,7 @@ def _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok):
         if len(rows) == 0:
             break
         a = torch.as_tensor(alphas, dtype=U.dtype)
-        S, Uc, Jn = _rollouts(problem, X[rows], U[rows], k[rows], K[rows], a, tgt[rows])
+        S, Uc, Jn = _rollouts(problem, penalty, X[rows], U[rows], k[rows], K[rows], a, tgt[rows])
         expected = -(a[:, None] * dV1[rows] + a[:, None] ** 2 * dV2[rows])  # [L, b]
         decrease = J[rows][None] - Jn
         accept = (decrease > 0) & (decrease >= ARMIJO * expected)
@@ -350,7 +363,7 @@ def _line_search(problem, X, tgt, U, J, k, K, dV1, dV2, ok):
     return X, U, J, improved
 
 
-def _rollouts(problem, X, U, k, K, alphas, tgt):
+def _rollouts(problem, penalty, X, U, k, K, alphas, tgt):
     """Closed-loop rollouts ``u = clip(u_k + alpha k_k + K_k (x - x_k))`` for every step size in
     ``alphas [L]``: states ``[L, B, N+1, n]``, plans ``[L, B, N, m]``, objectives ``[L, B]``."""
     L = len(alphas)
@@ -367,6 +380,6 @@ def _rollouts(problem, X, U, k, K, alphas, tgt):
         controls.append(u)
     S = torch.stack(states, 1)
     Uc = torch.stack(controls, 1)
-    Jn = objective_torch(problem, S, tgt.repeat(L, 1), Uc)
+    Jn = objective_torch(problem, S, tgt.repeat(L, 1), Uc, penalty)
     Jn = torch.where(torch.isfinite(Jn), Jn, torch.full_like(Jn, np.inf))
     return S.reshape(L, Bsz, N + 1, -1), Uc.reshape(L, Bsz, N, m), Jn.reshape(L, Bsz)

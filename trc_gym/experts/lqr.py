@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from trc_gym.problem import ControlProblem, LinearProblem
+from trc_gym.experts.base import Expert
+from trc_gym.problem import ControlProblem, LinearProblem, stacked_prediction
 
 
 def finite_horizon_lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray,
@@ -61,20 +62,6 @@ def clipped_lqr_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarra
         plan.append(u)
         x = problem.step(x, u)
     return np.stack(plan, axis=1)
-
-
-def stacked_prediction(A: np.ndarray, B: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """``Phi [(N+1) n, n]`` and ``Gamma [(N+1) n, N m]`` with ``vec(X) = Phi x0 + Gamma vec(U)``."""
-    n, m = B.shape
-    powers = [np.eye(n)]
-    for _ in range(horizon):
-        powers.append(A @ powers[-1])
-    Phi = np.concatenate(powers)
-    Gamma = np.zeros(((horizon + 1) * n, horizon * m))
-    for k in range(1, horizon + 1):
-        for j in range(k):
-            Gamma[k * n:(k + 1) * n, j * m:(j + 1) * m] = powers[k - 1 - j] @ B
-    return Phi, Gamma
 
 
 def box_qp_of(problem: LinearProblem, x0: np.ndarray, target: np.ndarray):
@@ -161,8 +148,13 @@ def kkt_satisfied(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray, 
     return feasible & stationary.all(axis=1)
 
 
-def solve_box_qp_plans(problem: LinearProblem, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The exact optimal plans ``U [B, N, m]`` of a linear problem from ``x0 [B, n]``."""
-    H, g, _, lo, hi = box_qp_of(problem, x0, target)
-    z, _ = solve_box_qp(H, g, lo, hi)
-    return z.reshape(len(x0), problem.horizon, problem.n_control)
+class BoxQPExpert(Expert):
+    """The exact optimal plans of a linear problem: the box-constrained QP over the whole plan
+    (`solve_box_qp`)."""
+
+    problem: LinearProblem
+
+    def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        H, g, _, lo, hi = box_qp_of(self.problem, x0, target)
+        z, _ = solve_box_qp(H, g, lo, hi)
+        return z.reshape(len(x0), self.problem.horizon, self.problem.n_control)

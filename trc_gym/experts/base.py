@@ -1,0 +1,33 @@
+"""`Expert`: the solver an env names for its problem (``ControlEnv.expert_class``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from trc_gym.problem import ControlProblem
+
+
+class Expert:
+    """An optimal-control solver for one problem: ``plan(x0, target) -> U [B, N, m]``.
+
+    Subclasses implement `solve` on checked float64 inputs. ``parallel`` tells
+    `trc_gym.datasets.generate` to spread the solves over processes (slow, per-start work)
+    rather than run them batched in one process.
+    """
+
+    parallel: ClassVar[bool] = False
+
+    def __init__(self, problem: ControlProblem):
+        self.problem = problem
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The expert's plans ``U [B, N, m]`` from ``x0 [B, n]`` to ``target [B, n]`` (or one
+        ``[n]`` target for every start)."""
+        x0 = self.problem.check_states(x0, "x0")
+        target = self.problem.check_states(target, "target", batch=x0.shape[0])
+        return self.solve(x0, target)
+
+    def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} implements no solver")
