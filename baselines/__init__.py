@@ -1,17 +1,19 @@
 """Baselines with the same interface as the TRC planner: expert, random and zero-control policies,
-and (in `baselines.sb3`, needing the ``rl`` extra) Stable-Baselines3 PPO / SAC trainers whose
-agents expose the same SB3-style ``predict``."""
+and (needing the ``rl`` extra) Stable-Baselines3 PPO / SAC: `baselines.training` trains them,
+`baselines.agent` holds the trained agent, which exposes the same SB3-style ``predict``."""
 
 from baselines.simple import ExpertPolicy, RandomPolicy, ZeroPolicy
 
-_SB3_NAMES = ("SB3Agent", "load_agent", "train_agent", "train_ppo", "train_sac")
+# Imported on first use: stable-baselines3 is an optional extra.
+_SB3_NAMES = {"SB3Agent": "agent", "load_agent": "agent", "train_agent": "training",
+              "train_ppo": "training", "train_sac": "training"}
 
 
 def __getattr__(name: str):
-    if name in _SB3_NAMES:  # imported on first use: stable-baselines3 is an optional extra
-        from baselines import sb3
+    if name in _SB3_NAMES:
+        import importlib
 
-        return getattr(sb3, name)
+        return getattr(importlib.import_module(f"baselines.{_SB3_NAMES[name]}"), name)
     raise AttributeError(f"module 'baselines' has no attribute {name!r}")
 
 

@@ -1,152 +1,158 @@
 """The main job: clone the expert into a TRC planner, fine-tune it with GRPO, train SB3 PPO on
 the same env, and compare everything on the same held-out starts.
 
-    python examples/bc_then_rl.py                   # TRC-DoubleIntegrator-v0, runs/DoubleIntegrator
+    python examples/bc_then_rl.py                  # TRC-DoubleIntegrator-v0, runs/DoubleIntegrator
     python examples/bc_then_rl.py --env TRC-VanDerPol-v0
-    python examples/bc_then_rl.py --quick               # a short smoke run
+    python examples/bc_then_rl.py --quick          # a smoke run, runs/DoubleIntegrator-quick
+    python examples/bc_then_rl.py --help           # every option: --bc.epochs, --rl.iterations
 
 Writes into ``--out``: ``data.npz`` (expert demonstrations, reused when present),
 ``trc_bc.pt`` and ``trc_rl.pt`` (load with ``policies.load_policy``), ``ppo/`` (the SB3 agent),
-``results.json`` (every metric, budget and the command), ``table.md`` and PNG plots:
+``results.json`` (every metric, the config and the command), ``table.md`` and PNG plots:
 ``learning_curves.png``, ``trajectories.png``, ``refinement.png``.
+
+The whole job is `run(JobConfig)`; `job_defaults` gives an env's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import tyro
 
 import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from policies import BCConfig, GRPOConfig, TRCConfig, TRCPolicy, finetune, load_policy, train_bc
-from policies.bc import PRESET_LR, evaluate_iterates
+from policies.bc import evaluate_iterates
 from trc_gym import datasets
-from trc_gym.atomic import atomic_write
-from trc_gym.evaluation import HELD_OUT_SEED, acts_by_plan, step_episodes
+from trc_gym.datasets import DataConfig
+from trc_gym.envs import DEFAULT_ENV_ID
+from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED, run_episodes
+from trc_gym.files import write_json
+from trc_gym.threads import one_thread
 
 # The planners replanning the full horizon from every state they reach (model-predictive control)
 MPC = "TRC fine-tuned (MPC)"
 CLONED_MPC = "TRC cloned (MPC)"
+TABLE_COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error", "effort", "ms_per_plan",
+                 "parameters", "expert_solves", "env_steps")
 
 
 @dataclass
-class Budget:
-    samples: int
-    bc_epochs: int
-    rl_iterations: int
-    ppo_steps: int | None  # None: the tuned budget of baselines.hyperparameters
-    episodes: int
-    bc_batch_size: int = BCConfig.batch_size
-    bc_lr: float | None = None  # None: the size's (policies.bc.PRESET_LR)
-    bc_cost_weight: float = BCConfig.cost_weight
+class JobConfig:
+    """The main job's settings (`job_defaults` gives an env's)."""
+
+    env: str = DEFAULT_ENV_ID
+    """Registered env id."""
+    out: Path | None = None
+    """Output folder (default: runs/<env name>, with -quick for --quick)."""
+    quick: bool = False
+    """Tiny budgets: a smoke run of every stage."""
+    size: Literal["small", "medium", "large"] = "small"
+    """Preset size of the planner."""
     refinement_steps: int = TRCConfig.n_refine
+    """The planner's refinement steps K."""
+    seed: int = 0
+    """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
+    data: DataConfig = field(default_factory=DataConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+    rl: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: bool = True
+    """Train the SB3 PPO baseline (beside TRC, in a second process)."""
+    ppo_steps: int | None = None
+    """PPO env steps (default: the tuned budget of baselines.hyperparameters)."""
+    serial: bool = False
+    """Train PPO before TRC instead of beside it."""
+    episodes: int = DEFAULT_EPISODES
+    """Held-out starts of the evaluation."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def output_dir(self) -> Path:
+        name = self.env.removeprefix("TRC-").removesuffix("-v0")
+        return self.out or Path("runs") / (f"{name}-quick" if self.quick else name)
 
 
-FULL = Budget(samples=10_000, bc_epochs=150, rl_iterations=100, ppo_steps=None, episodes=1000)
-QUICK = Budget(samples=1000, bc_epochs=3, rl_iterations=3, ppo_steps=1024, episodes=50)
-# Per-env settings over the defaults above (the command line overrides both). Van der Pol's
-# plans are 100 RK4 steps long: the cost term's backward pass through them would make cloning
-# many times slower, while imitation alone with larger batches (a rollout's cost is per call,
-# hardly per plan) gets there; README's Van der Pol section measures it.
-ENV_SETTINGS: dict[str, dict] = {
-    "TRC-VanDerPol-v0": {"bc_batch_size": 512, "bc_cost_weight": 0.0},
+# Per-env defaults over JobConfig's, each with its reason.
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    # 100 RK4 steps per plan: the cost term's backward pass through them makes cloning many
+    # times slower, while imitation alone with larger batches gets there (docs/vanderpol.md).
+    "TRC-VanDerPol-v0": {"bc": {"batch_size": 512, "cost_weight": 0.0}},
 }
-OVERRIDABLE = ("samples", "bc_epochs", "rl_iterations", "ppo_steps", "episodes", "bc_batch_size",
-               "bc_lr", "bc_cost_weight", "refinement_steps")
+QUICK: dict[str, Any] = {"data": {"num_samples": 1000}, "bc": {"epochs": 3},
+                         "rl": {"iterations": 3}, "ppo_steps": 1024, "episodes": 50}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="TRC-DoubleIntegrator-v0", choices=trc_gym.ENV_IDS)
-    parser.add_argument("--out", default=None, help="output folder (default runs/<env name>)")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
-    parser.add_argument("--size", default="small", choices=["small", "medium", "large"])
-    parser.add_argument("--samples", type=int, help="expert demonstrations")
-    parser.add_argument("--bc-epochs", type=int)
-    parser.add_argument("--bc-batch-size", type=int)
-    parser.add_argument("--bc-lr", type=float, help="peak learning rate of cloning")
-    parser.add_argument("--bc-cost-weight", type=float,
-                        help="weight of the true-cost term in cloning (0: pure imitation, "
-                             "much faster on long nonlinear horizons)")
-    parser.add_argument("--refinement-steps", type=int, help="the planner's refinement steps K")
-    parser.add_argument("--rl-iterations", type=int)
-    parser.add_argument("--ppo-steps", type=int, help="PPO env steps (default: tuned budget)")
-    parser.add_argument("--no-ppo", action="store_true", help="skip the PPO baseline")
-    parser.add_argument("--episodes", type=int, help="held-out starts to evaluate on")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--serial", action="store_true",
-                        help="train PPO after TRC instead of beside it in a second process")
-    return parser.parse_args(argv)
+def job_defaults(env: str = DEFAULT_ENV_ID, quick: bool = False) -> JobConfig:
+    """JobConfig's defaults, then ``env``'s (`ENV_DEFAULTS`), then the smoke run's."""
+    config = JobConfig(env=env, quick=quick)
+    for layer in (ENV_DEFAULTS.get(env, {}), QUICK if quick else {}):
+        for key, value in layer.items():
+            if isinstance(value, dict):  # a stage's config: replace single fields
+                value = dataclasses.replace(getattr(config, key), **value)
+            config = dataclasses.replace(config, **{key: value})
+    return config
 
 
-def make_budget(args: argparse.Namespace) -> Budget:
-    """The run's budget: FULL (or QUICK), then the env's settings, then the command line."""
-    given = {key: getattr(args, key) for key in OVERRIDABLE if getattr(args, key) is not None}
-    return replace(QUICK if args.quick else FULL, **{**ENV_SETTINGS.get(args.env, {}), **given})
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    env_id = args.env
-    budget = make_budget(args)
-    out = Path(args.out or f"runs/{env_id.removeprefix('TRC-').removesuffix('-v0')}")
+def run(config: JobConfig, command: str = "") -> dict:
+    """The whole job; returns what it writes to ``results.json``."""
+    env_id, out, seed = config.env, config.output_dir(), config.seed
+    data_config = dataclasses.replace(config.data, seed=seed)
+    bc_config = dataclasses.replace(config.bc, seed=seed)
+    rl_config = dataclasses.replace(config.rl, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
-    torch.manual_seed(args.seed)
+    progress = config.progress
+    torch.manual_seed(seed)
     timings: dict[str, float] = {}
 
     # The PPO baseline trains in a second process beside TRC (one core each; one torch thread
     # per process, since intra-op threads only fight each other on a small machine).
-    torch.set_num_threads(1)
     ppo_job, pool = None, None
-    if not args.no_ppo:
+    if config.ppo:
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        ppo_job = pool.submit(train_ppo_job, env_id, budget.ppo_steps, args.seed, out / "ppo")
-        if args.serial:
+        ppo_job = pool.submit(train_ppo_job, env_id, config.ppo_steps, seed, out / "ppo")
+        if config.serial:
             ppo_job.result()
 
     # 1. Expert demonstrations (reused when the file matches).
     data_path = out / "data.npz"
     start = time.perf_counter()
-    data = _load_matching(data_path, env_id, budget.samples, args.seed)
+    data = _load_matching(data_path, env_id, data_config)
     if data is None:
-        data = datasets.generate(env_id, budget.samples, seed=args.seed, progress=progress)
+        data = datasets.generate(env_id, data_config.num_samples, seed=data_config.seed,
+                                 workers=data_config.workers, progress=progress)
         datasets.save(data, data_path)
     timings["data_seconds"] = time.perf_counter() - start
 
     # 2. Behaviour cloning.
     start = time.perf_counter()
-    policy = TRCPolicy.create(env_id, args.size, n_refine=budget.refinement_steps)
-    bc_config = BCConfig(epochs=budget.bc_epochs, batch_size=budget.bc_batch_size,
-                         lr=budget.bc_lr or PRESET_LR[args.size],
-                         cost_weight=budget.bc_cost_weight, seed=args.seed)
-    bc_history = train_bc(policy, data, bc_config,
-                          run_dir=out / "trc_bc.run", progress=progress)
+    policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps)
+    bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",
+                          progress=progress)
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start
     policy.save(out / "trc_bc.pt")
 
     # 3. GRPO fine-tuning of a copy of the cloned planner.
     start = time.perf_counter()
     tuned = load_policy(out / "trc_bc.pt")
-    rl_history = finetune(tuned, GRPOConfig(iterations=budget.rl_iterations, seed=args.seed),
-                          run_dir=out / "trc_rl.run", progress=progress)
+    rl_history = finetune(tuned, rl_config, run_dir=out / "trc_rl.run", progress=progress)
     tuned.metadata["rl_seconds"] = timings["rl_seconds"] = time.perf_counter() - start
     tuned.save(out / "trc_rl.pt")
 
     # 4. The SB3 PPO baseline (tuned settings), trained on the same env.
     ppo = None
     if ppo_job is not None:
-        from baselines.sb3 import load_agent
+        from baselines.agent import load_agent
 
         ppo_job.result()
         pool.shutdown()
@@ -160,10 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
                 MPC: load_policy(out / "trc_rl.pt", receding_horizon=True)}
     if ppo is not None:
         policies["PPO"] = ppo
-    policies.update({"random": RandomPolicy(env_id, seed=args.seed), "zero": ZeroPolicy(env_id)})
+    policies.update({"random": RandomPolicy(env_id, seed=seed), "zero": ZeroPolicy(env_id)})
     results = {}
     for name, candidate in policies.items():
-        results[name] = trc_gym.evaluate(candidate, env_id, budget.episodes, HELD_OUT_SEED)
+        results[name] = trc_gym.evaluate(candidate, env_id, config.episodes, HELD_OUT_SEED)
     results["expert"].update(parameters=None, env_steps=0)
     for name in ("TRC cloned", "TRC fine-tuned", CLONED_MPC, MPC):
         meta = policies[name].metadata
@@ -179,35 +185,22 @@ def main(argv: list[str] | None = None) -> dict:
         results[name].update(parameters=0, env_steps=0)
 
     table = trc_gym.format_table(results, columns=TABLE_COLUMNS)
-    header = (f"{env_id}: {budget.episodes} held-out starts (seed {HELD_OUT_SEED}); "
+    header = (f"{env_id}: {config.episodes} held-out starts (seed {HELD_OUT_SEED}); "
               f"expert mean cost {results['expert']['mean_cost']:.3f}")
     print(f"\n{header}\n\n{table}\n")
     (out / "table.md").write_text(f"{header}\n\n{table}\n")
-    record = {"command": " ".join(["python", "examples/bc_then_rl.py", *(argv or sys.argv[1:])]),
-              "env_id": env_id, "budget": vars(budget), "seed": args.seed, "timings": timings,
-              "results": results, "bc_history": bc_history, "rl_history": rl_history}
-    _write_json(out / "results.json", record)
+    record = {"command": command, "env_id": env_id, "config": dataclasses.asdict(config),
+              "timings": timings, "results": results, "bc_history": bc_history,
+              "rl_history": rl_history}
+    write_json(out / "results.json", record)
 
-    x0, target = trc_gym.held_out_starts(env_id, budget.episodes)
+    x0, target = trc_gym.held_out_starts(env_id, config.episodes)
     plot_learning_curves(bc_history, rl_history, results, out / "learning_curves.png")
     plot_trajectories(policies, env_id, x0[:3], target[:3], out / "trajectories.png")
     plot_refinement(policies["TRC cloned"], policies["TRC fine-tuned"], x0, target,
                     results["expert"]["mean_cost"], out / "refinement.png")
     print(f"wrote {out}/: trc_bc.pt, trc_rl.pt, results.json, table.md, *.png")
     return record
-
-
-TABLE_COLUMNS = {
-    "mean_cost": ("mean cost", "{:.3f}"),
-    "gap": ("gap to expert", "{:+.3%}"),
-    "success_rate": ("success", "{:.1%}"),
-    "terminal_error": ("terminal error", "{:.4f}"),
-    "effort": ("effort", "{:.3f}"),
-    "ms_per_plan": ("ms/episode", "{:.2f}"),  # one plan, or N predict calls (MPC, PPO)
-    "parameters": ("parameters", "{:,}"),
-    "expert_solves": ("expert solves", "{:,}"),
-    "env_steps": ("env steps", "{:,}"),
-}
 
 
 def train_ppo_job(env_id: str, steps: int | None, seed: int, out_dir: Path) -> None:
@@ -225,22 +218,34 @@ def train_ppo_job(env_id: str, steps: int | None, seed: int, out_dir: Path) -> N
 
     threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(1)
-    from baselines.sb3 import train_ppo
+    from baselines.training import train_ppo
 
     train_ppo(env_id, steps, seed=seed, out_dir=out_dir, progress_bar=False)
 
 
-def _load_matching(path: Path, env_id: str, samples: int, seed: int):
+def _load_matching(path: Path, env_id: str, data: DataConfig):
     if not path.exists():
         return None
-    data = datasets.load(path, env_id=env_id)
-    same = len(data) == samples and data.metadata.get("seed") == seed
-    return data if same else None
+    loaded = datasets.load(path, env_id=env_id)
+    same = len(loaded) == data.num_samples and loaded.metadata.get("seed") == data.seed
+    return loaded if same else None
 
 
-def _write_json(path: Path, record: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1,
-                                                                   default=float)))
+def parse_args(argv: list[str]) -> JobConfig:
+    """The command line over the env's defaults (``--env`` and ``--quick`` choose them)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--env", default=DEFAULT_ENV_ID, choices=trc_gym.ENV_IDS)
+    first.add_argument("--quick", action="store_true")
+    known = first.parse_known_args(argv)[0]
+    return tyro.cli(JobConfig, args=argv, default=job_defaults(known.env, known.quick),
+                    description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = parse_args(argv)
+    with one_thread():  # one core for TRC, one for PPO's process
+        return run(config, " ".join(["python", "examples/bc_then_rl.py", *argv]))
 
 
 # ---------------------------------------------------------------------------------- plots
@@ -286,11 +291,8 @@ def plot_trajectories(policies: dict, env_id: str, x0: np.ndarray, target: np.nd
     for name, policy in policies.items():
         if name in ("random", CLONED_MPC):  # noise, and a near-copy of the fine-tuned MPC
             continue
-        if acts_by_plan(policy):
-            controls = policy.plan(x0, target)
-            states = problem.rollout(x0, controls)
-        else:  # a stepped policy: run it through the env
-            controls, states, _, _ = step_episodes(policy, env_id, x0, target, None)
+        episodes = run_episodes(policy, env_id, x0, target)
+        controls, states = episodes.controls, episodes.states
         for row in range(len(x0)):
             for j in range(n):
                 axes[row, j].plot(time_axis, states[row, :, j], label=name)

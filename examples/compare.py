@@ -7,9 +7,9 @@ every step as MPC), PPO, SAC, random, zero.
 
 Trained models are cached under ``--cache`` (default ``runs/compare/<env>/``): PPO and SAC in
 ``ppo/`` and ``sac/`` (retrained only when the hyperparameter table, seed or curve size changed,
-or with ``--retrain``), TRC in ``trc/`` (made by running ``examples/bc_then_rl.py`` when its
-checkpoints are missing; ``--trc-dir`` points at an existing main-job output instead,
-``--no-trc`` skips TRC). A rerun therefore only evaluates.
+or with ``--retrain``), TRC in ``trc/`` (made by the main job, `bc_then_rl.run` in this
+process without its PPO, when its checkpoints are missing; ``--trc-dir`` points at an existing
+main-job output instead, ``--no-trc`` skips TRC). A rerun therefore only evaluates.
 
 Writes into ``--out`` (default ``results/compare``), per env: ``<env>.md`` (the table, the env
 steps each RL baseline needed to reach TRC's gap, notes, the command), ``<env>.json`` (every
@@ -21,46 +21,45 @@ there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import subprocess
+import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from bc_then_rl import job_defaults, run
 
 import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
+from policies import load_policy
 from trc_gym.evaluation import HELD_OUT_SEED
+from trc_gym.files import atomic_write, read_csv_rows, write_json
+from trc_gym.threads import one_thread
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = {"ppo": {"n_timesteps": 2048, "eval_freq": 1024},  # --quick: a smoke run
          "sac": {"n_timesteps": 600, "learning_starts": 200, "eval_freq": 300}}
 MPC = "TRC fine-tuned (MPC)"  # the fine-tuned planner replanning from every state (predict)
 METHODS = ("expert", "TRC cloned", "TRC fine-tuned", MPC, "PPO", "SAC", "random", "zero")
-COLUMNS = {  # key -> (header, format); a missing value prints '-'
-    "mean_cost": ("mean cost", "{:.3f}"),
-    "gap": ("gap to expert", "{:+.2%}"),
-    "success_rate": ("success", "{:.1%}"),
-    "terminal_error": ("terminal error", "{:.4f}"),
-    "train_seconds": ("training wall (s)", "{:,.0f}"),
-    "env_steps": ("env steps", "{:,}"),
-    "expert_solves": ("expert solves", "{:,}"),
-    "parameters": ("parameters", "{:,}"),
-    "ms_per_plan": ("ms/episode", "{:.2f}"),
-    "ms_per_action": ("ms/action", "{:.3f}"),
-}
+# The main table. SB3's env steps are its training steps plus the validation steps spent on
+# model selection (both also in the notes and the JSON).
+COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error", "train_seconds", "env_steps",
+           "expert_solves", "parameters", "ms_per_plan", "ms_per_action")
+# The sample-efficiency table: per RL baseline and gap level, the env steps its learning curve
+# first reached that level at.
+LEVEL_COLUMNS = ("gap", "env_steps")
 
 
 # ----------------------------------------------------------------------------- SB3
 def sb3_agent(algo: str, env_id: str, run_dir: Path, args: argparse.Namespace):
     """The cached PPO/SAC run in ``run_dir`` if it matches the current table, seed and curve
     size; otherwise train it (tuned budget) there. Returns ``(agent, curve rows, note)``."""
+    from baselines.agent import load_agent
     from baselines.hyperparameters import hyperparameters
-    from baselines.sb3 import load_agent, read_curve, train_agent
+    from baselines.training import train_agent
 
     overrides = QUICK[algo] if args.quick else {}
     record_file = run_dir / "training.json"
@@ -73,45 +72,45 @@ def sb3_agent(algo: str, env_id: str, run_dir: Path, args: argparse.Namespace):
             ("seed", record.get("seed") == args.seed),
             ("curve size", record.get("n_curve") == args.episodes)) if not ok]
         if not stale:
-            return load_agent(run_dir), read_curve(run_dir / "curve.csv"), None
+            return load_agent(run_dir), read_csv_rows(run_dir / "curve.csv"), None
         note = f"{algo.upper()} retrained: the cached run's {', '.join(stale)} differ"
         print(note)
     agent = train_agent(algo, env_id, seed=args.seed, out_dir=run_dir,
                         progress_bar=not args.no_progress, n_curve=args.episodes, **overrides)
-    return agent, read_curve(run_dir / "curve.csv"), note
+    return agent, read_csv_rows(run_dir / "curve.csv"), note
 
 
 # ----------------------------------------------------------------------------- TRC
 def trc_policies(env_id: str, run_dir: Path, args: argparse.Namespace):
     """``({name: (policy, extra columns)}, notes)`` for TRC cloned / fine-tuned, running the
-    main job when the checkpoints are missing. Never raises: problems become notes."""
+    main job in this process (without its PPO, which is trained and cached here) when the
+    checkpoints are missing. Never raises: problems become notes."""
     files = {"TRC cloned": run_dir / "trc_bc.pt", "TRC fine-tuned": run_dir / "trc_rl.pt",
              MPC: run_dir / "trc_rl.pt"}
-    try:
-        from policies import load_policy
-    except Exception as exc:  # the TRC package is being written beside this script
-        return {}, [f"TRC rows omitted: `policies` is not importable ({exc!r})"]
-    notes = []
+    notes, trained = [], False
     if not all(f.exists() for f in files.values()):
-        script = ROOT / "examples" / "bc_then_rl.py"
-        if not script.exists():
-            return {}, [f"TRC rows omitted: {script.name} does not exist yet"]
-        command = [sys.executable, str(script), "--env", env_id, "--out", str(run_dir),
-                   "--seed", str(args.seed)]
-        if "--no-ppo" in script.read_text():  # PPO is trained (and cached) here instead
-            command.append("--no-ppo")
-        if args.quick:
-            command.append("--quick")
-        print("running", " ".join(command), flush=True)
+        config = dataclasses.replace(job_defaults(env_id, quick=args.quick), ppo=False,
+                                     seed=args.seed, out=run_dir,
+                                     progress=not args.no_progress)
+        # The main job's command line with the same settings (recorded in its results.json).
+        command = shlex.join(["python", "examples/bc_then_rl.py", "--env", env_id, "--out",
+                              str(run_dir), "--seed", str(args.seed), "--no-ppo",
+                              *(["--quick"] if args.quick else [])])
+        print(f"running the main job in process (as `{command}`)", flush=True)
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT)
-        notes.append(f"TRC trained by `{' '.join(command[1:])}` ({time.perf_counter() - start:.0f}"
-                     f" s wall)")
-        if done.returncode != 0 or not all(f.exists() for f in files.values()):
-            return {}, [*notes, f"TRC rows omitted: the main job failed (exit {done.returncode})"]
+        try:
+            run(config, command)
+        except Exception as exc:  # the other rows are still worth a table
+            traceback.print_exc()
+            return {}, [f"TRC rows omitted: the main job failed ({exc!r})"]
+        notes.append(f"TRC trained in this run by the main job, as `{command}` "
+                     f"({time.perf_counter() - start:.0f} s wall; in `{run_dir}`)")
+        trained = True
+        if not all(f.exists() for f in files.values()):
+            return {}, [*notes, "TRC rows omitted: the main job wrote no checkpoints"]
     results_file = run_dir / "results.json"
     record = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if record.get("command"):
+    if record.get("command") and not trained:
         notes.append(f"TRC checkpoints from `{record['command']}` (in `{run_dir}`)")
     out = {}
     for name, path in files.items():
@@ -140,22 +139,32 @@ def trc_columns(name: str, policy: Any, record: dict) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- report
-def steps_to_reach(curve: list[dict], gap: float) -> float | None:
-    """The first env-step count at which the curve's test gap is at most ``gap``."""
+def steps_to_reach(curve: list[dict], level: float) -> int | None:
+    """The first env-step count at which the curve's test gap is at most ``level``."""
     for row in curve:
-        if row.get("test_gap", np.inf) <= gap:
-            return row["env_steps"]
+        if row.get("test_gap", np.inf) <= level:
+            return int(row["env_steps"])
     return None
 
 
-def format_row(name: str, metrics: dict) -> str:
-    cells = []
-    for key, (_, fmt) in COLUMNS.items():
-        value = metrics.get(key)
-        cells.append("-" if value is None else fmt.format(value))
-        if key == "env_steps" and metrics.get("validation_env_steps"):
-            cells[-1] += f" + {metrics['validation_env_steps']:,} val."
-    return f"| {name} | " + " | ".join(cells) + " |"
+def sample_efficiency(curves: dict[str, list[dict]],
+                      targets: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Rows of the sample-efficiency table: per RL baseline, each gap level (the expert +1% and
+    +5%, each TRC row's gap) with the env steps its curve first reached it at (or where it
+    ends, when it never does), and its best checkpoint's gap with the steps it was reached at."""
+    levels = {"expert +1%": 0.01, "expert +5%": 0.05,
+              **{f"{name}'s gap": level for name, level in targets.items()}}
+    rows: dict[str, dict[str, Any]] = {}
+    for algo, curve in curves.items():
+        for label, level in levels.items():
+            steps = steps_to_reach(curve, level)
+            rows[f"{algo}: {label}"] = {
+                "gap": level, "env_steps": steps if steps is not None
+                else f"not in {int(curve[-1]['env_steps']):,}"}
+        best = min(curve, key=lambda row: row["test_gap"])
+        rows[f"{algo}: best checkpoint"] = {"gap": best["test_gap"],
+                                            "env_steps": int(best["env_steps"])}
+    return rows
 
 
 def env_report(env_id: str, results: dict, curves: dict, notes: list[str],
@@ -168,27 +177,16 @@ def env_report(env_id: str, results: dict, curves: dict, notes: list[str],
              "included); env steps: SB3 training steps + the validation steps spent on model "
              "selection, TRC the fine-tuning rollouts; ms/episode: one plan (planners) or N "
              "`predict` calls (SB3, and TRC replanning at every step as MPC).", "",
-             "| method | " + " | ".join(h for h, _ in COLUMNS.values()) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [format_row(name, results[name]) for name in METHODS if name in results]
+             trc_gym.format_table({name: results[name] for name in METHODS if name in results},
+                                  columns=COLUMNS, first="method")]
     targets = {name: results[name]["gap"] for name in ("TRC cloned", "TRC fine-tuned", MPC)
                if name in results}
     if curves:
-        lines += ["", "Sample efficiency: env steps each RL baseline needed (test gap at the "
-                  "evaluation checkpoints, `curve.csv`) to first reach ...", ""]
-        header = ["expert +1%", "expert +5%",
-                  *[f"{n}'s gap ({g:+.2%})" for n, g in targets.items()]]
-        levels = [0.01, 0.05, *targets.values()]
-        lines += ["| method | " + " | ".join(header) + " | best checkpoint gap |",
-                  "|---" * (len(header) + 2) + "|"]
-        for algo, curve in curves.items():
-            cells = []
-            for level in levels:
-                steps = steps_to_reach(curve, level)
-                cells.append(f"{steps:,.0f}" if steps is not None
-                             else f"not in {curve[-1]['env_steps']:,.0f}")
-            best = min(row["test_gap"] for row in curve)
-            lines.append(f"| {algo} | " + " | ".join(cells) + f" | {best:+.2%} |")
+        lines += ["", "Sample efficiency: the env steps each RL baseline needed to first reach "
+                  "each gap to the expert (test gap at the evaluation checkpoints, `curve.csv`), "
+                  "and its best checkpoint:", "",
+                  trc_gym.format_table(sample_efficiency(curves, targets),
+                                       columns=LEVEL_COLUMNS, first="RL baseline: gap level")]
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines)
@@ -206,7 +204,7 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
         plt.close(fig)
         return path
 
-    name = env_id.removeprefix("TRC-").removesuffix("-v0")
+    name = env_name(env_id)
     expert = results["expert"]["mean_cost"]
     fig, (ax_cost, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
     for (algo, curve), color in zip(curves.items(), ("C0", "C1")):
@@ -243,8 +241,8 @@ def plot_env(env_id: str, results: dict, curves: dict, out: Path) -> list[Path]:
     gaps = [100 * results[m]["gap"] for m in methods]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(methods) + 1.2))
     bars = ax.barh(methods, [max(g, 1e-3) for g in gaps], color="C0")
-    for bar, gap in zip(bars, gaps):
-        ax.text(bar.get_width() * 1.1, bar.get_y() + bar.get_height() / 2, f"{gap:+.2f}%",
+    for bar, value in zip(bars, gaps):
+        ax.text(bar.get_width() * 1.1, bar.get_y() + bar.get_height() / 2, f"{value:+.2f}%",
                 va="center", fontsize=8)
     ax.set_xscale("log")
     ax.invert_yaxis()
@@ -272,7 +270,8 @@ def compare_env(env_id: str, args: argparse.Namespace) -> tuple[dict, dict, list
         agent, curve, note = sb3_agent(algo, env_id, cache / algo, args)
         info = agent.info
         policies[algo.upper()] = (agent, {
-            "env_steps": info["env_steps"], "validation_env_steps": info["validation_env_steps"],
+            "env_steps": info["env_steps"] + info.get("validation_env_steps", 0),
+            "validation_env_steps": info.get("validation_env_steps", 0),
             "train_seconds": info["train_seconds"], "parameters": agent.n_parameters})
         curves[algo.upper()] = curve
         notes += [note] if note else []
@@ -283,14 +282,11 @@ def compare_env(env_id: str, args: argparse.Namespace) -> tuple[dict, dict, list
     policies["random"] = (RandomPolicy(env_id, seed=args.seed), {"env_steps": 0})
     policies["zero"] = (ZeroPolicy(env_id), {"env_steps": 0})
 
-    horizon = trc_gym.make_problem(env_id).horizon
     results = {}
     for name, (policy, extra) in policies.items():
         start = time.perf_counter()
         metrics = trc_gym.evaluate(policy, env_id, args.episodes, HELD_OUT_SEED)
         metrics.update(extra)
-        if not hasattr(policy, "plan"):  # stepped: ms_per_plan is N predict calls
-            metrics["ms_per_action"] = metrics["ms_per_plan"] / horizon
         results[name] = metrics
         print(f"{env_id} {name}: gap {metrics['gap']:+.3%}, success "
               f"{metrics['success_rate']:.1%} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -310,42 +306,46 @@ def main() -> None:
                         help="the main job's output to use instead of <cache>/<env>/trc "
                              "('{env}' is replaced by the env id); run there when missing")
     parser.add_argument("--retrain", action="store_true", help="ignore cached PPO/SAC runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets (a smoke run; use its own --cache and --out)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    command = "python examples/compare.py " + " ".join(sys.argv[1:])
-    for env_id in args.envs:
-        start = time.perf_counter()
-        results, curves, notes = compare_env(env_id, args)
-        notes.append(f"this env took {time.perf_counter() - start:.0f} s in this run "
-                     f"(cached models are only evaluated)")
-        section = env_report(env_id, results, curves, notes, args.episodes)
-        section += f"\n\nProduced by `{command}`."
-        print("\n" + section + "\n", flush=True)
-        name = env_id.removeprefix("TRC-").removesuffix("-v0")
-        write_text(out / f"{name}.md", section + "\n")
-        write_text(out / f"{name}.json", json.dumps(
-            {"command": command, "env_id": env_id, "results": results, "curves": curves,
-             "notes": notes}, indent=1, default=float))
-        plot_env(env_id, results, curves, out)
-        # compare.md gathers every env compared so far into this --out (each with its command).
-        sections = [(out / f"{n}.md").read_text() for n in
-                    (i.removeprefix("TRC-").removesuffix("-v0") for i in trc_gym.ENV_IDS)
-                    if (out / f"{n}.md").exists()]
-        write_text(out / "compare.md", "\n".join(sections))
+    command = shlex.join(["python", "examples/compare.py", *sys.argv[1:]])
+    with one_thread():
+        for env_id in args.envs:
+            compare_and_write(env_id, args, command, out)
     print(f"wrote {out}/compare.md, per-env .md/.json and PNGs")
 
 
+def compare_and_write(env_id: str, args: argparse.Namespace, command: str, out: Path) -> None:
+    """Compare every method on ``env_id`` and write its files, then ``compare.md`` (every env's
+    section found in ``out``, each with its command)."""
+    start = time.perf_counter()
+    results, curves, notes = compare_env(env_id, args)
+    notes.append(f"this env took {time.perf_counter() - start:.0f} s in this run "
+                 f"(cached models are only evaluated)")
+    section = env_report(env_id, results, curves, notes, args.episodes)
+    section += f"\n\nProduced by `{command}`."
+    print("\n" + section + "\n", flush=True)
+    name = env_name(env_id)
+    write_text(out / f"{name}.md", section + "\n")
+    write_json(out / f"{name}.json", {"command": command, "env_id": env_id, "results": results,
+                                      "curves": curves, "notes": notes})
+    plot_env(env_id, results, curves, out)
+    sections = [(out / f"{env_name(i)}.md").read_text() for i in trc_gym.ENV_IDS
+                if (out / f"{env_name(i)}.md").exists()]
+    write_text(out / "compare.md", "\n".join(sections))
+
+
+def env_name(env_id: str) -> str:
+    """``TRC-DoubleIntegrator-v0`` -> ``DoubleIntegrator``: the stem of an env's files."""
+    return env_id.removeprefix("TRC-").removesuffix("-v0")
+
+
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":

@@ -1,100 +1,93 @@
 """Expert quality per env: the expert's plans from held-out starts, stepped open loop through
-``gym.make(env_id)``; success rate, mean cost (the episode's -return) and solve time per plan.
+``gym.make(env_id)``; success rate, mean cost (the episode's -return), terminal error and solve
+time per plan.
 
-    python examples/expert_quality.py                          # every registered nonlinear env
+    python examples/expert_quality.py                          # every registered env with an
+                                                               # iLQR expert
     python examples/expert_quality.py --envs TRC-Pendulum-v0 --episodes 100
 
-Clipped finite-horizon LQR (the expert's starting plan) is measured beside the expert on the
-envs named by ``--lqr`` (default Van der Pol), with how often the expert's cost exceeds it.
-Solve time is the wall time of one batched ``expert_plan`` call over all starts on one thread,
-divided by the number of starts. The table goes to ``--out`` (markdown) and to stdout.
+Clipped finite-horizon LQR (the iLQR expert's starting plan) is measured beside the expert on
+the envs named by ``--lqr`` (default Van der Pol), with how often the expert's cost exceeds it.
+Solve time is the wall time of one batched ``Expert.plan`` call over all starts on one thread,
+divided by the number of starts. The table goes to ``--out`` (markdown, headed by the command
+that wrote it) and to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
-import torch
 
 import trc_gym
-from trc_gym.atomic import atomic_write
-from trc_gym.evaluation import HELD_OUT_SEED
-from trc_gym.experts.lqr import clipped_lqr_plans
-from trc_gym.problem import NonlinearProblem
+from trc_gym.envs import env_class
+from trc_gym.evaluation import HELD_OUT_SEED, step_episodes, trajectory_metrics
+from trc_gym.experts import ILQRExpert, clipped_lqr_plans
+from trc_gym.files import atomic_write
+from trc_gym.planning_policy import PlanningPolicy
+from trc_gym.problem import ControlProblem
+from trc_gym.threads import one_thread
+
+COLUMNS = ("success_rate", "mean_cost", "terminal_error", "ms_per_plan_batched")
 
 
-def nonlinear_env_ids() -> list[str]:
-    """Every registered id whose problem has an iLQR expert."""
-    return [i for i in trc_gym.ENV_IDS if isinstance(trc_gym.make_problem(i), NonlinearProblem)]
+def ilqr_env_ids() -> list[str]:
+    """Every registered id whose env names an iLQR expert."""
+    return [i for i in trc_gym.ENV_IDS if issubclass(env_class(i).expert_class, ILQRExpert)]
 
 
-def step_open_loop(env_id: str, x0: np.ndarray, target: np.ndarray,
-                   plans: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run each plan ``[B, N, m]`` through ``gym.make(env_id)`` without feedback: success
-    ``[B]``, cost (minus the return) ``[B]`` and terminal error ``[B]`` as the env reports them
-    (an episode that fails early stops there)."""
-    env = gym.make(env_id)
-    success, cost, error = [], [], []
-    for i in range(len(x0)):
-        env.reset(options={"state": x0[i], "target": target[i]})
-        total = 0.0
-        for u in plans[i]:
-            _, reward, terminated, truncated, info = env.step(u)
-            total -= reward
-            if terminated or truncated:
-                break
-        success.append(bool(info.get("success", False)))
-        error.append(float(info.get("terminal_error", np.nan)))
-        cost.append(total)
-    env.close()
-    return np.array(success), np.array(cost), np.array(error)
+class FixedPlans(PlanningPolicy):
+    """Executes plans made beforehand, open loop: ``plan`` returns them for the batch of starts
+    they were made for (so the env steps exactly these controls)."""
+
+    def __init__(self, problem: ControlProblem, plans: np.ndarray):
+        super().__init__(problem)
+        self.plans = plans
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if len(x0) != len(self.plans):
+            raise ValueError(f"{len(self.plans)} plans were made, {len(x0)} are asked for")
+        return self.plans
 
 
-def measure(env_id: str, episodes: int, seed: int, with_lqr: bool) -> list[dict]:
-    """Rows of the table for one env: the expert, and clipped LQR if ``with_lqr``."""
-    problem = trc_gym.make_problem(env_id)
-    x0, target = trc_gym.held_out_starts(env_id, episodes, seed)
-    problem.expert_plan(x0[:1], target[:1])  # warm-up (torch.func, caches)
+def timed(solve, x0: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """``solve(x0, target)`` and its wall time per start in ms."""
     start = time.perf_counter()
-    plans = problem.expert_plan(x0, target)
-    ms = 1000.0 * (time.perf_counter() - start) / episodes
-    success, cost, error = step_open_loop(env_id, x0, target, plans)
-    rows = [{"env": env_id, "expert": "iLQR", "success": success.mean(), "cost": cost.mean(),
-             "error": np.nanmean(error), "ms": ms}]
-    if hasattr(problem, "fuel_used"):  # the rocket reports fuel beside cost
-        fuel = problem.fuel_used(problem.rollout(x0, plans))
-        rows[0]["notes"] = f"mean fuel {fuel.mean():.1f} kg"
+    plans = solve(x0, target)
+    return plans, 1000.0 * (time.perf_counter() - start) / len(x0)
+
+
+def measure(env_id: str, episodes: int, seed: int,
+            with_lqr: bool) -> tuple[dict[str, dict], list[str]]:
+    """``(rows, notes)`` for one env: the expert's row, clipped LQR's if ``with_lqr``, and notes
+    (the expert's excess over LQR, the rocket's fuel)."""
+    expert = trc_gym.make_expert(env_id)
+    problem = expert.problem
+    label = "iLQR" if isinstance(expert, ILQRExpert) else "box QP"
+    x0, target = trc_gym.held_out_starts(env_id, episodes, seed)
+    expert.plan(x0[:1], target[:1])  # warm-up (torch.func, caches)
+    solvers = {label: expert.plan}
     if with_lqr:
-        start = time.perf_counter()
-        lqr = clipped_lqr_plans(problem, x0, target)
-        ms_lqr = 1000.0 * (time.perf_counter() - start) / episodes
-        s_lqr, c_lqr, e_lqr = step_open_loop(env_id, x0, target, lqr)
-        rows.append({"env": env_id, "expert": "clipped LQR", "success": s_lqr.mean(),
-                     "cost": c_lqr.mean(), "error": np.nanmean(e_lqr), "ms": ms_lqr})
-        excess = cost - c_lqr
-        rows[0]["vs_lqr"] = (f"{(excess > 1e-9).sum()} of {episodes} above LQR "
-                             f"(max excess {excess.max():+.2e})")
-    for row in rows:
-        row["episodes"] = episodes
-    return rows
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| env | expert | starts | success | mean cost | mean terminal error | ms/plan | "
-             "vs clipped LQR / notes |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['env']} | {r['expert']} | {r['episodes']} | {r['success']:.1%} | "
-                     f"{r['cost']:.3f} | {r['error']:.4f} | {r['ms']:.1f} | "
-                     f"{'; '.join(r[k] for k in ('vs_lqr', 'notes') if k in r)} |")
-    return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        solvers["clipped LQR"] = lambda x, t: clipped_lqr_plans(problem, x, t)
+    rows, costs, notes = {}, {}, []
+    for name, solve in solvers.items():
+        plans, ms = timed(solve, x0, target)
+        episodes_run = step_episodes(FixedPlans(problem, plans), env_id, x0, target)[0]
+        row = trajectory_metrics(problem, target, episodes_run)
+        row["ms_per_plan_batched"] = ms
+        rows[f"{env_id}: {name}"], costs[name] = row, episodes_run.costs
+        if name == label and hasattr(problem, "fuel_used"):  # the rocket reports fuel beside J
+            fuel = problem.fuel_used(episodes_run.states).mean()
+            notes.append(f"{env_id}: {label} burns {fuel:.1f} kg of fuel on average")
+    if with_lqr:
+        excess = costs[label] - costs["clipped LQR"]
+        notes.append(f"{env_id}: {label}'s cost is above clipped LQR's on {(excess > 1e-9).sum()}"
+                     f" of {episodes} starts (max excess {excess.max():+.2e})")
+    return rows, notes
 
 
 def main() -> None:
@@ -107,21 +100,35 @@ def main() -> None:
                         help="envs on which clipped LQR is measured beside the expert")
     parser.add_argument("--out", type=Path, default=Path("docs/expert_quality.md"))
     args = parser.parse_args()
-    envs = args.envs or nonlinear_env_ids()
+    envs = args.envs or ilqr_env_ids()
     unknown = sorted(set(envs) - set(trc_gym.ENV_IDS))
     if unknown:
         parser.error(f"unknown env id(s) {unknown}; registered: {list(trc_gym.ENV_IDS)}")
     if args.episodes < 1:
         parser.error("--episodes must be positive")
-    torch.set_num_threads(1)
-    rows = []
-    for env_id in envs:
-        rows += measure(env_id, args.episodes, args.seed, env_id in args.lqr)
-        print(table(rows[-2:] if env_id in args.lqr else rows[-1:]).splitlines()[-1], flush=True)
-    text = (f"Expert plans stepped open loop through `gym.make(id)` on {args.episodes} held-out "
-            f"starts per env (seed {args.seed}); ms/plan: one batched solve on one CPU thread, "
-            f"per start.\n\n{table(rows)}\n")
-    write_atomic(args.out, text)
+    command = shlex.join(["python", "examples/expert_quality.py", *sys.argv[1:]])
+    rows, notes = {}, []
+    with one_thread():
+        for env_id in envs:
+            env_rows, env_notes = measure(env_id, args.episodes, args.seed, env_id in args.lqr)
+            rows.update(env_rows)
+            notes += env_notes
+            for name, row in env_rows.items():
+                print(f"{name}: success {row['success_rate']:.1%}, mean cost "
+                      f"{row['mean_cost']:.3f}, {row['ms_per_plan_batched']:.1f} ms/plan",
+                      flush=True)
+    envs_text = "every registered env with an iLQR expert" if args.envs is None else \
+        ", ".join(envs)
+    lqr = [e for e in envs if e in args.lqr]
+    text = (f"Produced by `{command}` ({envs_text}"
+            f"{'; clipped LQR beside the expert on ' + ', '.join(lqr) if lqr else ''}).\n\n"
+            f"Expert plans stepped open loop through `gym.make(id)` on {args.episodes} held-out "
+            f"starts per env (seed {args.seed}); ms/plan: one batched solve of all "
+            f"{args.episodes} starts on one CPU thread, per start.\n\n"
+            f"{trc_gym.format_table(rows, columns=COLUMNS, first='env: expert')}\n")
+    if notes:
+        text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(f"\n{text}\nwritten to {args.out}")
 
 

@@ -2,18 +2,23 @@
 torch thread (batch 1 is what one robot waits for; intra-op threads only add overhead there).
 
     python examples/latency.py runs/DoubleIntegrator/trc_bc.pt runs/DoubleIntegrator/trc_rl.pt
+
+Every checkpoint must be for the same env (and env settings): they are timed on the same starts,
+in turn with the expert, so their ratios to the expert hold while the machine's speed drifts.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 import trc_gym
 from baselines import ExpertPolicy
 from policies import load_policy
 from trc_gym.evaluation import batch_ms_per_plan, plan_latencies_ms
+from trc_gym.threads import one_thread
+
+BATCH = 1024  # starts planned in one call for the batched time
+COLUMNS = ("ms_per_plan", "vs_expert", "ms_per_plan_batched")
 
 
 def main() -> None:
@@ -21,21 +26,26 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--starts", type=int, default=200, help="batch-1 calls timed")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = {}
+    if not 1 <= args.starts <= BATCH:
+        parser.error(f"--starts must be within [1, {BATCH}]")
     policies = {path: load_policy(path) for path in args.checkpoints}
-    env_id = next(iter(policies.values())).env_id
-    policies["expert"] = ExpertPolicy(env_id)
-    x0, target = trc_gym.held_out_starts(env_id, 1024)
-    batch1 = plan_latencies_ms(policies, x0[:args.starts], target[:args.starts])
-    for name, policy in policies.items():
-        rows[name] = {"batch1": batch1[name], "vs_expert": batch1[name] / batch1["expert"],
-                      "batch1024": batch_ms_per_plan(policy, x0, target)}
-    columns = {"batch1": ("ms/plan, batch 1 (median)", "{:.3f}"),
-               "vs_expert": ("x expert, batch 1", "{:.2f}"),
-               "batch1024": ("ms/plan, batch 1024", "{:.4f}")}
-    print(f"{env_id}, one torch thread\n")
-    print(trc_gym.format_table(rows, columns))
+    first = next(iter(policies.values()))
+    env_id, env_kwargs = first.env_id, first.env_kwargs
+    other = [path for path, p in policies.items()
+             if (p.env_id, p.env_kwargs) != (env_id, env_kwargs)]
+    if other:
+        parser.error(f"{other} are not for {env_id} {env_kwargs or ''} as "
+                     f"{args.checkpoints[0]} is")
+    policies["expert"] = ExpertPolicy(env_id, **env_kwargs)
+    x0, target = trc_gym.held_out_starts(env_id, BATCH, env_kwargs=env_kwargs)
+    with one_thread():
+        batch1 = plan_latencies_ms(policies, x0[:args.starts], target[:args.starts])
+        rows = {name: {"ms_per_plan": batch1[name],
+                       "vs_expert": batch1[name] / batch1["expert"],
+                       "ms_per_plan_batched": batch_ms_per_plan(policy, x0, target)}
+                for name, policy in policies.items()}
+    print(f"{env_id}, one torch thread; batch 1: median of {args.starts} starts\n")
+    print(trc_gym.format_table(rows, columns=COLUMNS))
 
 
 if __name__ == "__main__":

@@ -14,25 +14,25 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import trc_gym
 from baselines import ExpertPolicy
+from trc_gym.evaluation import DEFAULT_EPISODES
+from trc_gym.threads import one_thread
+
+COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="TRC-DoubleIntegrator-v0", choices=trc_gym.ENV_IDS)
-    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    results = {name: trc_gym.evaluate(ExpertPolicy(args.env, receding_horizon=mpc), args.env,
-                                      args.episodes, latency_samples=1)
-               for name, mpc in (("expert", False), ("expert (MPC)", True))}
+    with one_thread():
+        results = {name: trc_gym.evaluate(ExpertPolicy(args.env, receding_horizon=mpc),
+                                          args.env, args.episodes, latency_samples=0)
+                   for name, mpc in (("expert", False), ("expert (MPC)", True))}
     print(f"{args.env}: {args.episodes} held-out starts\n")
-    print(trc_gym.format_table(results, columns={
-        "mean_cost": ("mean cost", "{:.4f}"), "gap": ("gap to expert", "{:+.4%}"),
-        "success_rate": ("success", "{:.1%}"), "terminal_error": ("terminal error", "{:.4f}")}))
+    print(trc_gym.format_table(results, columns=COLUMNS))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import matplotlib.image
 import numpy as np
 
 import trc_gym
-from trc_gym.atomic import atomic_write
+from trc_gym.files import atomic_write
 
 
 def picture_name(env_id: str) -> str:
@@ -29,7 +29,8 @@ def render_frame(env_id: str, seed: int, fraction: float) -> np.ndarray:
     env = gym.make(env_id, render_mode="rgb_array")
     _, info = env.reset(seed=seed)
     problem = env.unwrapped.problem
-    plan = problem.expert_plan(info["state"][None], info["target"][None])[0]
+    expert = env.unwrapped.expert_class(problem)
+    plan = expert.plan(info["state"][None], info["target"][None])[0]
     for u in plan[:round(fraction * problem.horizon)]:
         _, _, terminated, truncated, _ = env.step(u)
         if terminated or truncated:
@@ -40,7 +41,7 @@ def render_frame(env_id: str, seed: int, fraction: float) -> np.ndarray:
 
 
 def save_png(frame: np.ndarray, path: Path) -> None:
-    """Write ``frame`` to ``path`` atomically (temp file in the same folder, renamed)."""
+    """Write ``frame`` to ``path`` atomically (`trc_gym.files.atomic_write`)."""
     atomic_write(path, lambda tmp: matplotlib.image.imsave(tmp, frame, format="png"))
 
 

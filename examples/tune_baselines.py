@@ -25,6 +25,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from trc_gym.evaluation import format_table
+from trc_gym.files import atomic_write
+
+# The sweep tables: mean validation gap, env steps at selection, wall seconds per run.
+REPORT_COLUMNS = ("gap", "env_steps", "train_seconds")
+
 # One-setting changes from the table's entry, per algorithm.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
@@ -88,14 +94,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     a job handed out after its deadline is skipped."""
     if time.time() > job["deadline"]:
         return {**job, "skipped": True}
-    import torch
-
-    torch.set_num_threads(1)
-    from baselines.sb3 import train_agent
+    from baselines.training import train_agent
+    from trc_gym.threads import one_thread
 
     start = time.perf_counter()
-    agent = train_agent(job["algo"], job["env"], job["timesteps"], seed=job["seed"],
-                        progress_bar=False, n_curve=0, **job["overrides"])
+    with one_thread():
+        agent = train_agent(job["algo"], job["env"], job["timesteps"], seed=job["seed"],
+                            progress_bar=False, n_curve=0, **job["overrides"])
     validation = agent.info.get("validation") or {}
     return {**job, "val_gap": validation.get("gap"),
             "val_success": validation.get("success_rate"),
@@ -123,16 +128,19 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def report(rows: list[dict], title: str) -> str:
-    lines = [f"#### {title}", "", "| candidate | changes | mean val gap | worst | runs | "
-             "selected at (steps) | s/run |", "|---|---|---|---|---|---|---|"]
+    """``title`` over the table of `summarise`'s rows: per candidate (its name, its changes to
+    the table's entry and the errors of failed runs) the mean validation gap over its runs, the
+    env steps its selected models were chosen at (one per run) and its wall time per run."""
+    table = {}
     for row in rows:
-        wall = sum(row["walls"]) / len(row["walls"]) if row["walls"] else float("nan")
-        changes = json.dumps(row["overrides"]) if row["overrides"] else "(table)"
+        changes = f" `{json.dumps(row['overrides'])}`" if row["overrides"] else ""
         note = f" ({'; '.join(sorted(set(row['errors'])))})" if row["errors"] else ""
-        selected = ", ".join(str(int(s)) for s in row["selected"]) or "-"
-        lines.append(f"| {row['name']}{note} | `{changes}` | {row['mean_gap']:+.2%} | "
-                     f"{row['worst_gap']:+.2%} | {len(row['gaps'])} | {selected} | {wall:.0f} |")
-    return "\n".join(lines)
+        table[f"{row['name']}{note}{changes}"] = {
+            "gap": row["mean_gap"] if row["gaps"] else None,
+            "env_steps": ", ".join(f"{int(s):,}" for s in row["selected"]) or None,
+            "train_seconds": sum(row["walls"]) / len(row["walls"]) if row["walls"] else None}
+    return f"#### {title}\n\n" + format_table(table, columns=REPORT_COLUMNS,
+                                               first="candidate `changes`")
 
 
 class Sweep:
@@ -179,6 +187,9 @@ class Sweep:
 
     def text(self) -> str:
         out = [f"### {self.env} {self.algo.upper()}: {self.timesteps} env steps per run", "",
+               "Gap: the mean over a candidate's runs of the validation gap of the model each "
+               "selected; env steps: where each run's selected model was saved; training wall: "
+               "seconds per run.", "",
                report(summarise(self.results[1]),
                       f"Round 1: one change at a time (seed {self.seeds[0]})")]
         if self.results[2]:
@@ -234,7 +245,8 @@ def main() -> None:
                                 for r in sweep.results[1])):
                     queue += sweep.jobs(2, deadline)
                 text = "\n\n".join(s.text() for s in sweeps)
-                (out / "sweep.md").write_text(text + "\n")
+                atomic_write(out / "sweep.md",
+                             lambda tmp, text=text: Path(tmp).write_text(text + "\n"))
     print(text)
 
 

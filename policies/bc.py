@@ -12,40 +12,68 @@ weights.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from policies.policy import TRCPolicy, atomic_torch_save
-from policies.run_log import append_row, read_rows, tensorboard_writer
+from policies.policy import TRCPolicy
+from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
+from trc_gym.checks import check_number
 from trc_gym.datasets import Demonstrations
+from trc_gym.evaluation import gap
+from trc_gym.files import append_csv_row, read_csv_rows
 
-# Peak learning rates that clone each preset well (double integrator, 150 epochs, README's
-# benchmark): medium +0.020% at 1e-3 against +0.052% at 5e-4; large at 4e-4 and at 1e-4
-# trailed 2e-4 (validation gap 1.2% against 0.5% at epoch 50; 0.22% against 0.21% at 88).
-# Large needs a longer schedule than small: +0.047% at 150 epochs, +0.004% at 300.
+# Peak learning rates that clone each preset well on the double integrator (docs/sizes.md):
+# medium clones to +0.020% at 1e-3 against +0.052% at 5e-4; large trails at 4e-4 and at 1e-4.
 PRESET_LR = {"small": 2e-3, "medium": 1e-3, "large": 2e-4}
 
 
 @dataclass
 class BCConfig:
+    """Behaviour cloning: every default of `train_bc`, ``trc train-bc`` and the main job."""
+
     epochs: int = 150
+    """Passes over the training split (large needs about 300 to match small)."""
     batch_size: int = 128
-    lr: float = PRESET_LR["small"]
+    """Plans per gradient step."""
+    lr: float | None = None
+    """Peak learning rate; None: the planner's preset size's (PRESET_LR; small's for custom)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     warmup_steps: int = 100
+    """Gradient steps of linear learning-rate warm-up (then cosine decay to 5%)."""
     grad_clip: float = 1.0
+    """Gradient-norm clip."""
     ema_decay: float = 0.995
-    cost_weight: float = 1.0  # weight of the true-cost term mean(J - J*) / mean J* (0: imitation)
+    """Decay of the weights' moving average, which is what is evaluated and kept."""
+    cost_weight: float = 1.0
+    """Weight of the true-cost term mean(J - J*) / mean J* beside imitation (0: imitation only)."""
     val_fraction: float = 0.1
-    patience: int = 40  # epochs without a better validation gap before stopping
+    """Share of the data held out to pick the best epoch by its gap."""
+    patience: int = 40
+    """Epochs without a better validation gap before stopping."""
     seed: int = 0
+    """Seed of the split, the batches and the weights."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patience"):
+            check_number(getattr(self, key), f"BCConfig.{key}", minimum=1, integer=True)
+        check_number(self.warmup_steps, "BCConfig.warmup_steps", minimum=0, integer=True)
+        check_number(self.seed, "BCConfig.seed", minimum=0, integer=True)
+        if self.lr is not None:
+            check_number(self.lr, "BCConfig.lr", minimum=0, exclusive_minimum=True)
+        for key in ("weight_decay", "cost_weight"):
+            check_number(getattr(self, key), f"BCConfig.{key}", minimum=0)
+        check_number(self.grad_clip, "BCConfig.grad_clip", minimum=0, exclusive_minimum=True)
+        check_number(self.ema_decay, "BCConfig.ema_decay", minimum=0, maximum=1)
+        check_number(self.val_fraction, "BCConfig.val_fraction", minimum=0,
+                     exclusive_minimum=True, maximum=0.9)
 
 
 def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: torch.Tensor,
@@ -71,10 +99,10 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
 
 
 def validation_gap(policy: TRCPolicy, data: Demonstrations) -> float:
-    """``mean J(plan) / mean J* - 1`` on ``data`` (float64 costs)."""
+    """The `trc_gym.evaluation.gap` of the planner's plans to ``data``'s (float64 costs)."""
     controls = policy.plan(data.initial_states, data.target_states)
     costs = policy.problem.cost(data.initial_states, data.target_states, controls)
-    return float(costs.mean() / data.costs.mean() - 1.0)
+    return gap(costs.mean(), data.costs.mean())
 
 
 def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = None,
@@ -84,6 +112,8 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
     the best validation gap. Returns the per-epoch history. With ``run_dir`` it writes
     ``bc_log.csv`` and ``bc_state.pt`` (resumed from when ``resume``)."""
     config = config or BCConfig()
+    if config.lr is None:
+        config = replace(config, lr=PRESET_LR[policy.metadata.get("size", "small")])
     if data.metadata.get("env_id") not in (None, policy.env_id):
         raise ValueError(f"data is for {data.metadata['env_id']!r}, policy for {policy.env_id!r}")
     torch.manual_seed(config.seed)
@@ -92,20 +122,15 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
                (train.initial_states, train.target_states, train.controls, train.costs)]
     cost_scale = float(train.costs.mean())
     model = policy.model.train()
-    ema = copy.deepcopy(model).eval()
-    ema_policy = TRCPolicy(ema, policy.env_id, policy.env_kwargs)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    ema.update_parameters(model)  # the first update copies: the average starts at the init
+    ema_policy = TRCPolicy(ema.module, policy.env_id, policy.env_kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     batches = math.ceil(len(train) / config.batch_size)
     total_steps = config.epochs * batches
-
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress_ = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, total_steps, floor=0.05))
     history: list[dict] = []
     best_gap, best_state, bad_epochs, start_epoch = math.inf, None, 0, 0
     state_path = Path(run_dir) / "bc_state.pt" if run_dir else None
@@ -117,7 +142,7 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         scheduler.load_state_dict(state["scheduler"])
         best_state = state["best"]
         best_gap, bad_epochs, start_epoch = state["best_gap"], state["bad_epochs"], state["epoch"]
-        history = read_rows(Path(run_dir) / "bc_log.csv")
+        history = read_csv_rows(Path(run_dir) / "bc_log.csv")
     elif run_dir:  # a new run: its log starts empty, not after an earlier run's rows
         (Path(run_dir) / "bc_log.csv").unlink(missing_ok=True)
     if run_dir:
@@ -140,26 +165,24 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
-                                     1.0 - config.ema_decay)
+            ema.update_parameters(model)
             sums["loss"] += float(loss.detach())
             sums["mse"] += terms["mse"]
             sums["excess"] += terms["excess"]
-        gap = validation_gap(ema_policy, val)
+        val_gap = validation_gap(ema_policy, val)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                **{f"train_{k}": v / batches for k, v in sums.items()},
-               "val_gap": gap, "seconds": time.perf_counter() - start}
+               "val_gap": val_gap, "seconds": time.perf_counter() - start}
         history.append(row)
-        if gap < best_gap:
-            best_gap, bad_epochs = gap, 0
-            best_state = {k: v.clone() for k, v in ema.state_dict().items()}
+        if val_gap < best_gap:
+            best_gap, bad_epochs = val_gap, 0
+            best_state = {k: v.clone() for k, v in ema.module.state_dict().items()}
         else:
             bad_epochs += 1
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_gap=f"{gap:+.3%}",
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_gap=f"{val_gap:+.3%}",
                         best=f"{best_gap:+.3%}")
         if run_dir:
-            append_row(Path(run_dir) / "bc_log.csv", row)
+            append_csv_row(Path(run_dir) / "bc_log.csv", row)
             if writer:
                 for key, value in row.items():
                     writer.add_scalar(f"bc/{key}", value, epoch + 1)

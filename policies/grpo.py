@@ -19,46 +19,79 @@ term, and the best planner on validation starts is kept.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
-from policies.policy import TRCPolicy, atomic_torch_save
-from policies.run_log import append_row, tensorboard_writer
+from policies.policy import TRCPolicy
+from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
+from trc_gym.checks import check_bool, check_choice, check_number
+from trc_gym.evaluation import expert_costs, gap, held_out_starts
+from trc_gym.files import append_csv_row
 
 
 @dataclass
 class GRPOConfig:
+    """Fine-tuning: every default of `finetune`, ``trc finetune`` and the main job."""
+
     iterations: int = 100
-    starts_per_iteration: int = 256  # start states per batch
-    group_size: int = 32  # G: sampled plans per start
-    antithetic: bool = True  # draw the group as G/2 mirrored pairs mu +- eps
-    epochs: int = 2  # clipped-ratio epochs per batch (GRPO only)
-    lr: float = 5e-6  # peak learning rate: linear warm-up, then cosine decay to 10%
-    warmup_iterations: int = 10  # (Adam's first steps are large)
-    init_std: float = 5e-4  # initial std as a fraction of the control half-range
-    min_std: float = 1e-4  # floor of the std (same units)
-    std_lr: float = 1e-3  # learning rate of the log-std
+    """Batches of sampled plans (each one policy update)."""
+    starts_per_iteration: int = 256
+    """Start states per batch."""
+    group_size: int = 32
+    """G: sampled plans per start (advantages are relative within the group)."""
+    antithetic: bool = True
+    """Draw the group as G/2 mirrored pairs mu +- eps."""
+    epochs: int = 2
+    """Clipped-ratio epochs per batch (GRPO only)."""
+    lr: float = 5e-6
+    """Peak learning rate: linear warm-up, then cosine decay to 10%."""
+    warmup_iterations: int = 10
+    """Iterations of warm-up (Adam's first steps are large)."""
+    init_std: float = 5e-4
+    """Initial std, as a fraction of the control half-range."""
+    min_std: float = 1e-4
+    """Floor of the std (same units)."""
+    std_lr: float = 1e-3
+    """Learning rate of the log-std."""
     clip: float = 0.2
-    kl_coef: float = 1e-3  # weight of KL(policy || frozen cloned policy), per plan
-    algo: str = "grpo"  # "grpo" or "reinforce"
+    """Ratio clip of the GRPO objective."""
+    kl_coef: float = 1e-3
+    """Weight of KL(policy || frozen cloned policy), per plan."""
+    algo: Literal["grpo", "reinforce"] = "grpo"
+    """GRPO (clipped ratio, several epochs) or plain REINFORCE with the group baseline."""
     grad_clip: float = 1.0
+    """Gradient-norm clip."""
     eval_every: int = 5
-    eval_starts: int = 512  # validation starts (own seed; never the held-out test starts)
+    """Iterations between validations (the best validated planner is kept)."""
+    eval_starts: int = 512
+    """Validation starts (their own seed; never the held-out test starts)."""
     seed: int = 0
+    """Seed of the sampled starts and plans."""
 
     def __post_init__(self) -> None:
-        if self.algo not in ("grpo", "reinforce"):
-            raise ValueError(f"algo must be 'grpo' or 'reinforce', got {self.algo!r}")
-        if self.group_size < 2:
-            raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        check_choice(self.algo, "GRPOConfig.algo", ("grpo", "reinforce"))
+        check_bool(self.antithetic, "GRPOConfig.antithetic")
+        for key in ("iterations", "starts_per_iteration", "epochs", "eval_every", "eval_starts"):
+            check_number(getattr(self, key), f"GRPOConfig.{key}", minimum=1, integer=True)
+        check_number(self.warmup_iterations, "GRPOConfig.warmup_iterations", minimum=0,
+                     integer=True)
+        check_number(self.group_size, "GRPOConfig.group_size (advantages are relative to the "
+                     "group)", minimum=2, integer=True)
         if self.antithetic and self.group_size % 2:
-            raise ValueError("antithetic sampling needs an even group_size")
+            raise ValueError("GRPOConfig.group_size must be even with antithetic sampling, got "
+                             f"{self.group_size}")
+        check_number(self.seed, "GRPOConfig.seed", minimum=0, integer=True)
+        for key in ("lr", "init_std", "min_std", "std_lr", "clip", "grad_clip"):
+            check_number(getattr(self, key), f"GRPOConfig.{key}", minimum=0,
+                         exclusive_minimum=True)
+        check_number(self.kl_coef, "GRPOConfig.kl_coef", minimum=0)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -67,22 +100,6 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True)
     return (rewards - mean) / (std + eps)
-
-
-def gaussian_log_prob(samples: torch.Tensor, mean: torch.Tensor,
-                      log_std: torch.Tensor) -> torch.Tensor:
-    """Log-density of diagonal Gaussian plans, summed over time and controls:
-    ``samples [B, G, N, m]``, ``mean [B, 1, N, m]``, ``log_std [N, m]`` -> ``[B, G]``."""
-    z = (samples - mean) / log_std.exp()
-    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=(-2, -1))
-
-
-def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, ref_mean: torch.Tensor,
-                ref_log_std: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mean, std) || N(ref_mean, ref_std))`` per plan: ``[B, N, m] -> [B]``."""
-    var, ref_var = (2 * log_std).exp(), (2 * ref_log_std).exp()
-    kl = ref_log_std - log_std + (var + (mean - ref_mean).square()) / (2 * ref_var) - 0.5
-    return kl.sum(dim=(-2, -1))
 
 
 class GaussianPlanner(torch.nn.Module):
@@ -97,12 +114,16 @@ class GaussianPlanner(torch.nn.Module):
         self.log_std = torch.nn.Parameter(torch.log(init_std * half).expand(
             problem.horizon, problem.n_control).clone())
 
+    def distribution(self, mean: torch.Tensor) -> Normal:
+        """The diagonal Gaussian over plans around ``mean [..., N, m]``."""
+        return Normal(mean, self.log_std.exp())
+
     def mean(self, x0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The exact gradient of the final plan: through every cycle and the simulated error
         # feedback. Cloning's truncated gradient (last cycle, features as observations) is not
         # a descent direction of the plan's cost near the optimum; with it, policy-gradient
         # steps raised a precise clone's cost on the double integrator at every setting tried.
-        return self.model(x0, target, detach_between_steps=False, exact_gradient=True)["controls"]
+        return self.model(x0, target, gradient="exact")["controls"]
 
 
 def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
@@ -115,11 +136,11 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     problem = policy.problem
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed + 7919)  # training starts
-    val_rng = np.random.default_rng(config.seed + 104_729)  # validation starts
-    val_x0 = problem.sample_initial_states(val_rng, config.eval_starts)
-    val_target = problem.sample_targets(val_rng, config.eval_starts)
-    val_expert = float(problem.cost(val_x0, val_target,
-                                    problem.expert_plan(val_x0, val_target)).mean())
+    val_seed = config.seed + 104_729  # validation starts, disjoint from the test starts
+    val_x0, val_target = held_out_starts(policy.env_id, config.eval_starts, val_seed,
+                                         policy.env_kwargs)
+    val_expert = float(expert_costs(policy.env_id, config.eval_starts, val_seed,
+                                    policy.env_kwargs).mean())
 
     planner = GaussianPlanner(policy, config.init_std)
     reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
@@ -129,15 +150,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         {"params": planner.model.parameters(), "lr": config.lr},
         {"params": [planner.log_std], "lr": config.std_lr},
     ])
-
-    def schedule(i: int) -> float:
-        if i < config.warmup_iterations:
-            return (i + 1) / config.warmup_iterations
-        progress = (i - config.warmup_iterations) / max(1, config.iterations
-                                                        - config.warmup_iterations)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_iterations, config.iterations, floor=0.1))
 
     def validation_cost() -> float:
         return float(problem.cost(val_x0, val_target, policy.plan(val_x0, val_target)).mean())
@@ -145,14 +159,14 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     best_cost = validation_cost()
     best_state = copy.deepcopy(policy.model.state_dict())
     history = [{"iteration": 0, "env_steps": 0, "val_cost": best_cost,
-                "val_gap": best_cost / val_expert - 1, "kl": 0.0,
+                "val_gap": gap(best_cost, val_expert), "kl": 0.0,
                 "std": float(planner.log_std.detach().exp().mean()), "clip_fraction": 0.0,
                 "seconds": 0.0}]
     if run_dir:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         log_path = Path(run_dir) / "rl_log.csv"
         log_path.unlink(missing_ok=True)
-        append_row(log_path, history[0])
+        append_csv_row(log_path, history[0])
     writer = tensorboard_writer(run_dir, "rl")
     B, G, N, m = config.starts_per_iteration, config.group_size, problem.horizon, problem.n_control
     env_steps, start_time = 0, time.perf_counter()
@@ -170,7 +184,7 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
             if config.antithetic:  # mirrored pairs cancel the cost's curvature in the estimate
                 noise = torch.cat([noise, -noise], dim=1)
             samples = mean + planner.log_std.exp() * noise
-            old_log_prob = gaussian_log_prob(samples, mean, planner.log_std)
+            old_log_prob = planner.distribution(mean).log_prob(samples).sum(dim=(-2, -1))
             ref_mean = reference(x0, target)["controls"]
         plans = samples.double().numpy().reshape(B * G, N, m)
         costs = problem.cost(np.repeat(x0_np, G, axis=0), np.repeat(target_np, G, axis=0), plans)
@@ -179,7 +193,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         planner.train()
         for _ in range(config.epochs if config.algo == "grpo" else 1):
             new_mean = planner.mean(x0, target)
-            log_prob = gaussian_log_prob(samples, new_mean[:, None], planner.log_std)
+            log_prob = planner.distribution(new_mean[:, None]).log_prob(samples).sum(
+                dim=(-2, -1))
             if config.algo == "grpo":
                 ratio = (log_prob - old_log_prob).exp()
                 clipped = ratio.clamp(1 - config.clip, 1 + config.clip)
@@ -187,7 +202,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
                 stats["clip_fraction"] = float(((ratio - 1).abs() > config.clip).float().mean())
             else:
                 pg_loss = -(log_prob * advantages).mean()
-            kl = gaussian_kl(new_mean, planner.log_std, ref_mean, ref_log_std).mean()
+            kl = kl_divergence(planner.distribution(new_mean),
+                               Normal(ref_mean, ref_log_std.exp())).sum(dim=(-2, -1)).mean()
             loss = pg_loss + config.kl_coef * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,7 +217,7 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             cost = validation_cost()
             row = {"iteration": iteration, "env_steps": env_steps, "val_cost": cost,
-                   "val_gap": cost / val_expert - 1, "kl": stats["kl"],
+                   "val_gap": gap(cost, val_expert), "kl": stats["kl"],
                    "std": float(planner.log_std.detach().exp().mean()),
                    "clip_fraction": stats["clip_fraction"],
                    "seconds": time.perf_counter() - start_time}
@@ -211,7 +227,7 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
             bar.set_postfix(val_gap=f"{row['val_gap']:+.3%}", kl=f"{row['kl']:.3f}",
                             std=f"{row['std']:.3f}")
             if run_dir:
-                append_row(log_path, row)
+                append_csv_row(log_path, row)
                 if writer:
                     for key, value in row.items():
                         writer.add_scalar(f"rl/{key}", value, env_steps)
@@ -222,5 +238,5 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     policy.model.load_state_dict(best_state)
     policy.model.eval()
     policy.metadata.update({"rl": asdict(config), "rl_env_steps": env_steps,
-                            "rl_val_gap": best_cost / val_expert - 1})
+                            "rl_val_gap": gap(best_cost, val_expert)})
     return history

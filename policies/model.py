@@ -19,12 +19,17 @@ Shapes: ``x0, target [B, n]`` -> ``controls [B, N, m]``; latents ``[B, L, d]``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trc_gym.checks import check_bool, check_choice, check_number
 from trc_gym.problem import ControlProblem
+
+# How training differentiates a plan: TRM's deep-supervision shortcut, or exactly.
+GradientMode = Literal["shortcut", "exact"]
 
 
 @dataclass
@@ -43,15 +48,15 @@ class TRCConfig:
     cost_gradient: bool = False  # also feed back dJ/du of the simulated plan (slower to learn)
 
     def __post_init__(self) -> None:
-        if self.reasoning not in ("mlp", "attention"):
-            raise ValueError(f"reasoning must be 'mlp' or 'attention', got {self.reasoning!r}")
+        check_choice(self.reasoning, "TRCConfig.reasoning", ("mlp", "attention"))
         for key in ("latent_dim", "hidden_dim", "n_blocks", "n_heads", "n_inner", "n_cycles"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.n_refine < 0:
-            raise ValueError(f"n_refine must be >= 0, got {self.n_refine}")
+            check_number(getattr(self, key), f"TRCConfig.{key}", minimum=1, integer=True)
+        check_number(self.n_refine, "TRCConfig.n_refine", minimum=0, integer=True)
+        for key in ("error_feedback", "cost_gradient"):
+            check_bool(getattr(self, key), f"TRCConfig.{key}")
         if self.reasoning == "attention" and self.latent_dim % self.n_heads:
-            raise ValueError("latent_dim must be divisible by n_heads")
+            raise ValueError(f"TRCConfig.latent_dim ({self.latent_dim}) must be divisible by "
+                             f"n_heads ({self.n_heads})")
 
 
 # Presets sized to the seed's parameter counts on the double integrator (104,862 / 530,590 /
@@ -145,54 +150,70 @@ class TinyRecursiveControl(nn.Module):
         features = torch.cat([x0, target, error], dim=-1) / self.state_scale.repeat(3)
         return self.state_encoder(features)
 
-    def error_features(self, x0: Tensor, target: Tensor, controls: Tensor,
-                       differentiable: bool = False) -> Tensor:
-        """Simulate ``controls`` and describe the outcome per time step ``[B, N, F]``:
-        tracking error after the step, terminal error, the control, the step's state and
-        control cost, the plan's total cost, and (``cost_gradient``) the sensitivity of the
-        total cost to each control, ``dJ/du_k``, by backpropagation through the simulation.
-        Errors are scaled by the state box, costs log-compressed, the sensitivity made relative
-        to the total cost. The plan is measured, not differentiated through: the features are
-        observations of it, unless ``differentiable`` (the exact gradient of the final plan,
-        which fine-tuning by policy gradient needs)."""
-        plan = controls if differentiable else controls.detach()
-        probe = plan  # what dJ/du is taken with respect to (cost_gradient)
-        if self.config.cost_gradient and not probe.requires_grad:
-            probe = plan.detach().requires_grad_()
-        with torch.enable_grad():
-            states = self.problem.rollout_torch(x0 if differentiable else x0.detach(), probe)
-            terms = self.problem.cost_terms_torch(states, target, probe)
+    def simulate(self, x0: Tensor, target: Tensor, controls: Tensor,
+                 gradient: GradientMode) -> dict[str, Tensor]:
+        """Roll ``controls [B, N, m]`` out through the problem: ``states [B, N+1, n]``, the cost
+        terms of `ControlProblem.cost_terms_torch`, the ``total`` cost ``[B]``, the ``plan``
+        simulated and (``cost_gradient``) ``dJ/du [B, N, m]`` by backpropagation. With the
+        ``"shortcut"`` gradient the outcome is an observation of the plan (no gradient flows
+        back through it); with ``"exact"`` it is differentiable in the plan and the start."""
+        exact = gradient == "exact"
+        plan = controls if exact else controls.detach()
+        start = x0 if exact else x0.detach()
+        if not self.config.cost_gradient:
+            states = self.problem.rollout_torch(start, plan)
+            terms = self.problem.cost_terms_torch(states, target, plan)
             total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
-            if self.config.cost_gradient:
-                gradient = torch.autograd.grad(total.sum(), probe, create_graph=differentiable)[0]
-        errors = self.problem.state_error(states, target[:, None]) / self.state_scale
-        if not differentiable:
-            errors, total = errors.detach(), total.detach()
-            terms = {k: v.detach() for k, v in terms.items()}
-        N = controls.shape[1]
+            return {"plan": plan, "states": states, "total": total, **terms}
+        if not plan.requires_grad:  # dJ/du is taken even where nothing else is differentiated
+            plan = plan.detach().requires_grad_()
+        with torch.enable_grad():
+            states = self.problem.rollout_torch(start, plan)
+            terms = self.problem.cost_terms_torch(states, target, plan)
+            total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+            cost_gradient = torch.autograd.grad(total.sum(), plan, create_graph=exact)[0]
+        out = {"plan": plan, "states": states, "total": total, "cost_gradient": cost_gradient,
+               **terms}
+        return out if exact else {k: v.detach() for k, v in out.items()}
+
+    def error_features(self, target: Tensor, outcome: dict[str, Tensor]) -> Tensor:
+        """The outcome of `simulate` per time step ``[B, N, F]``: tracking error after the
+        step, terminal error, the control, the step's state and control cost, the plan's total
+        cost, and (``cost_gradient``) the sensitivity of the total cost to each control. Errors
+        are scaled by the state box, costs log-compressed, the sensitivity made relative to the
+        total cost."""
+        plan, total = outcome["plan"], outcome["total"]
+        errors = self.problem.state_error(outcome["states"], target[:, None]) / self.state_scale
+        N = plan.shape[1]
         features = [
             errors[:, 1:],
             errors[:, -1:].expand(-1, N, -1),
             (plan - self.u_mid) / self.u_half,
-            torch.log1p(terms["state"])[..., None],
-            torch.log1p(terms["control"])[..., None],
+            torch.log1p(outcome["state"])[..., None],
+            torch.log1p(outcome["control"])[..., None],
             torch.log1p(total)[:, None, None].expand(-1, N, 1),
         ]
         if self.config.cost_gradient:
-            features.append(gradient * self.u_half / (1.0 + total)[:, None, None])
+            features.append(outcome["cost_gradient"] * self.u_half / (1.0 + total)[:, None, None])
         return torch.cat(features, dim=-1)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x0: Tensor, target: Tensor, n_refine: int | None = None,
-                detach_between_steps: bool | None = None,
-                exact_gradient: bool = False) -> dict[str, Tensor | list[Tensor]]:
-        """Plan from ``x0 [B, n]`` to ``target [B, n]``. While training, the carry is detached
-        between refinement steps (deep supervision: each step learns from its own loss), and
-        gradients take TRM's shortcut: the last cycle only, the error features as observations.
-        ``exact_gradient`` differentiates through everything instead (the same plans)."""
+                gradient: GradientMode = "shortcut") -> dict[str, Tensor | list[Tensor]]:
+        """Plan from ``x0 [B, n]`` to ``target [B, n]``. ``gradient`` is how training
+        differentiates the plans (the plans themselves are the same either way):
+
+        - ``"shortcut"`` (behaviour cloning): TRM's deep supervision: the carry is detached
+          between refinement steps, so each step learns from its own loss; gradients flow
+          through the last cycle of each step only, and the simulated errors are observations;
+        - ``"exact"`` (fine-tuning by policy gradient): through every cycle, step and
+          simulation: the true gradient of the final plan.
+        """
         cfg = self.config
+        exact = gradient == "exact"
+        if gradient not in ("shortcut", "exact"):
+            raise ValueError(f"gradient must be 'shortcut' or 'exact', got {gradient!r}")
         n_refine = cfg.n_refine if n_refine is None else n_refine
-        detach = self.training if detach_between_steps is None else detach_between_steps
         B, N, m = x0.shape[0], self.problem.horizon, self.problem.n_control
         L = self.tokens
         x_emb = self.encode_state(x0, target)
@@ -202,13 +223,13 @@ class TinyRecursiveControl(nn.Module):
         iterates = [controls]
         y, z = context, self.z_init.expand(B, L, -1)
         for _ in range(n_refine):
-            if detach:
+            if not exact:
                 y, z, pre, controls = y.detach(), z.detach(), pre.detach(), controls.detach()
-            feedback = self.error_features(x0, target, controls, differentiable=exact_gradient)
+            feedback = self.error_features(target, self.simulate(x0, target, controls, gradient))
             if not cfg.error_feedback:
                 feedback = torch.zeros_like(feedback)
             step_context = context + self.error_encoder(feedback.reshape(B, L, -1))
-            with torch.set_grad_enabled(exact_gradient and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(exact and torch.is_grad_enabled()):
                 for _ in range(cfg.n_cycles - 1):
                     y, z = self.reasoning.cycle(y, z, step_context)
             y, z = self.reasoning.cycle(y, z, step_context)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from policies.model import TinyRecursiveControl, TRCConfig
-from trc_gym.atomic import atomic_write
+from policies.training import atomic_torch_save
 from trc_gym.envs import make_problem
 from trc_gym.planning_policy import PlanningPolicy
 
@@ -42,7 +42,7 @@ class TRCPolicy(PlanningPolicy):
         """An untrained planner of a preset size for ``env_id``."""
         problem = make_problem(env_id, **(env_kwargs or {}))
         return cls(TinyRecursiveControl.from_preset(problem, size, **overrides), env_id,
-                   env_kwargs)
+                   env_kwargs, metadata={"size": size})
 
     @property
     def n_parameters(self) -> int:
@@ -109,11 +109,6 @@ class _Iterates(torch.nn.Module):
 
     def forward(self, x0: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.model(x0, target)["iterates"])
-
-
-def atomic_torch_save(payload: dict, path: str | Path) -> Path:
-    """``torch.save`` written atomically (see `trc_gym.atomic`)."""
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -15,14 +15,18 @@ pytest.importorskip("stable_baselines3")
 
 import trc_gym
 from baselines import load_agent, train_agent
+from baselines.agent import ObservationNormalizer
 from baselines.hyperparameters import TUNED, hyperparameters
-from baselines.sb3 import (
-    ObservationNormalizer,
-    UnitActionWrapper,
-    evaluate_batched,
-    make_training_env,
-    read_curve,
-)
+from baselines.training import make_training_env, training_wrappers
+from trc_gym.evaluation import steps_like_control_env
+from trc_gym.files import read_csv_rows
+
+
+def evaluate_batched(agent, env_id, n_episodes):
+    """What model selection uses: the feedback loop batched through the problem (stepped on
+    the envs that override ControlEnv's step)."""
+    path = "batched" if steps_like_control_env(env_id) else "step"
+    return trc_gym.evaluate(agent, env_id, n_episodes, path=path, latency_samples=0)
 
 IDS = list(trc_gym.ENV_IDS)
 DI = "TRC-DoubleIntegrator-v0"
@@ -64,7 +68,7 @@ def test_run_directory_holds_best_final_and_curve(ppo_run):
     agent, out = ppo_run
     for name in ("best", "final"):
         assert (out / name / "model.zip").exists() and (out / name / "agent.json").exists()
-    curve = read_curve(out / "curve.csv")
+    curve = read_csv_rows(out / "curve.csv")
     assert [row["env_steps"] for row in curve] == [128, 256]
     assert {"val_gap", "test_gap", "test_success"} <= set(curve[0])
     best = min(curve, key=lambda row: row["val_mean_cost"])
@@ -136,7 +140,7 @@ def test_same_seed_same_agent():
 def test_training_env_passes_sb3_check_env_with_unit_actions(env_id):
     from stable_baselines3.common.env_checker import check_env
 
-    env = UnitActionWrapper(gym.make(env_id))
+    env = training_wrappers(gym.make(env_id))
     assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -79,7 +79,7 @@ def test_cli_generate(tmp_path, capsys):
 
 def test_evaluate_expert_is_optimal_and_stepped_path_agrees():
     batched = trc_gym.evaluate(ExpertPolicy(DI), DI, n_episodes=40)
-    stepped = trc_gym.evaluate(ExpertPolicy(DI), DI, n_episodes=40, use_plan=False)
+    stepped = trc_gym.evaluate(ExpertPolicy(DI), DI, n_episodes=40, path="step")
     assert batched["gap"] == pytest.approx(0.0, abs=1e-12)
     assert batched["success_rate"] == 1.0 and batched["violations"] == 0.0
     for key in ("mean_cost", "terminal_error", "effort", "success_rate",
@@ -93,7 +93,8 @@ def test_receding_horizon_policy_is_stepped_and_cannot_beat_the_open_loop_optimu
     mpc = ExpertPolicy(DI, receding_horizon=True)
     assert acts_by_plan(ExpertPolicy(DI)) and not acts_by_plan(mpc)
     x0, target = trc_gym.held_out_starts(DI, 30)
-    controls, states, costs, _ = step_episodes(mpc, DI, x0, target, None)
+    episodes, _ = step_episodes(mpc, DI, x0, target)
+    controls, states, costs = episodes.controls, episodes.states, episodes.costs
     optimal = ExpertPolicy(DI).plan(x0, target)
     # The same first move (up to float32: observations and actions are float32).
     np.testing.assert_allclose(controls[:, 0], optimal[:, 0], rtol=1e-5, atol=1e-6)
@@ -113,7 +114,7 @@ def test_evaluate_orders_baselines():
     assert expert["mean_cost"] < zero["mean_cost"] < rand["mean_cost"]
     assert zero["effort"] == 0.0 and zero["gap"] > 10
     table = trc_gym.format_table({"expert": expert, "zero": zero})
-    assert "| expert |" in table and "+0.00%" in table
+    assert "| expert |" in table and "+0.000%" in table
     json.dumps(expert)  # plain floats: results can be written as JSON
 
 

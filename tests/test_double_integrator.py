@@ -7,12 +7,13 @@ from scipy.optimize import lsq_linear, minimize
 
 import trc_gym
 from trc_gym.experts.lqr import (
+    BoxQPExpert,
     box_qp_of,
     clipped_lqr_plans,
     finite_horizon_lqr,
     solve_box_qp,
-    stacked_prediction,
 )
+from trc_gym.problem import stacked_prediction
 
 DI = "TRC-DoubleIntegrator-v0"
 
@@ -143,7 +144,8 @@ def test_random_target_option():
     problem = trc_gym.make_problem(DI, random_target=True)
     targets = problem.sample_targets(np.random.default_rng(0), 100)
     assert np.all(targets[:, 1] == 0) and targets[:, 0].std() > 0.5
-    U = problem.expert_plan(problem.sample_initial_states(np.random.default_rng(1), 100), targets)
+    U = BoxQPExpert(problem).plan(
+        problem.sample_initial_states(np.random.default_rng(1), 100), targets)
     assert U.shape == (100, 15, 1)
 
 

@@ -8,7 +8,7 @@ import torch
 
 import trc_gym
 from policies import BCConfig, GRPOConfig, TRCPolicy, finetune, train_bc
-from policies.grpo import gaussian_kl, gaussian_log_prob, group_advantages
+from policies.grpo import GaussianPlanner, group_advantages
 from trc_gym import datasets
 
 DI = "TRC-DoubleIntegrator-v0"
@@ -22,26 +22,26 @@ def test_group_advantages_are_centred_and_scaled_per_group():
     assert torch.all(group_advantages(torch.ones(2, 4)) == 0)  # equal rewards: no signal
 
 
-def test_gaussian_log_prob_and_kl_match_torch_distributions():
+def test_the_plan_distribution_is_the_closed_form_gaussian():
+    """GaussianPlanner's distribution over plans: the log-density summed over time and controls
+    is the diagonal Gaussian's closed form, and its std starts at init_std of the half-range."""
     torch.manual_seed(0)
-    mean = torch.randn(3, 1, 5, 2)
-    log_std = torch.randn(5, 2) * 0.3
-    samples = mean + log_std.exp() * torch.randn(3, 4, 5, 2)
-    normal = torch.distributions.Normal(mean, log_std.exp())
-    torch.testing.assert_close(gaussian_log_prob(samples, mean, log_std),
-                               normal.log_prob(samples).sum(dim=(-2, -1)))
-    ref_mean, ref_log_std = torch.randn(3, 5, 2), torch.randn(5, 2) * 0.3
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mean[:, 0], log_std.exp()),
-        torch.distributions.Normal(ref_mean, ref_log_std.exp())).sum(dim=(-2, -1))
-    torch.testing.assert_close(gaussian_kl(mean[:, 0], log_std, ref_mean, ref_log_std), expected)
-    assert float(gaussian_kl(ref_mean, ref_log_std, ref_mean, ref_log_std).abs().max()) < 1e-6
+    planner = GaussianPlanner(TRCPolicy.create(DI, "small"), init_std=0.1)
+    assert torch.allclose(planner.log_std.exp(), torch.full((15, 1), 0.4))  # 0.1 x 4
+    with torch.no_grad():
+        planner.log_std.copy_(torch.randn(15, 1) * 0.3)
+    mean = torch.randn(3, 1, 15, 1)
+    samples = mean + planner.log_std.exp() * torch.randn(3, 4, 15, 1)
+    z = (samples - mean) / planner.log_std.exp()
+    closed_form = (-0.5 * z**2 - planner.log_std - 0.5 * math.log(2 * math.pi)).sum((-2, -1))
+    log_prob = planner.distribution(mean).log_prob(samples).sum(dim=(-2, -1))
+    torch.testing.assert_close(log_prob, closed_form)
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="algo must be"):
         GRPOConfig(algo="ppo")
-    with pytest.raises(ValueError, match="even group_size"):
+    with pytest.raises(ValueError, match="group_size must be even"):
         GRPOConfig(group_size=5)
 
 
@@ -131,11 +131,12 @@ def test_main_job_budget_layers_defaults_env_settings_and_command_line(monkeypat
     job = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bc_then_rl", job)  # dataclasses look their module up
     spec.loader.exec_module(job)
-    di = job.make_budget(job.parse_args([]))
-    assert (di.samples, di.bc_batch_size, di.bc_cost_weight) == (10_000, 128, 1.0)
-    vdp = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0"]))
-    assert (vdp.bc_batch_size, vdp.bc_cost_weight, vdp.refinement_steps) == (512, 0.0, 3)
-    given = job.make_budget(job.parse_args(["--env", "TRC-VanDerPol-v0", "--quick",
-                                            "--bc-batch-size", "64", "--refinement-steps", "2"]))
-    assert (given.samples, given.bc_batch_size, given.refinement_steps) == (1000, 64, 2)
-    assert job.FULL.bc_batch_size == 128  # the defaults themselves are never modified
+    di = job.parse_args([])
+    assert (di.data.num_samples, di.bc.batch_size, di.bc.cost_weight) == (10_000, 128, 1.0)
+    vdp = job.parse_args(["--env", "TRC-VanDerPol-v0"])
+    assert (vdp.bc.batch_size, vdp.bc.cost_weight, vdp.refinement_steps) == (512, 0.0, 3)
+    given = job.parse_args(["--env", "TRC-VanDerPol-v0", "--quick", "--bc.batch-size", "64",
+                            "--refinement-steps", "2"])
+    assert (given.data.num_samples, given.bc.batch_size, given.refinement_steps) == (1000, 64, 2)
+    assert given.bc.cost_weight == 0.0 and given.output_dir().name == "VanDerPol-quick"
+    assert job.JobConfig().bc.batch_size == 128  # the defaults themselves are never modified

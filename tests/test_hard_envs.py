@@ -272,21 +272,23 @@ def test_rocket_success_conditions():
 
 
 # ------------------------------------------------------------------ expert optimality
-def objective(problem, x0, target, U):
-    """What iLQR minimises: J plus the problem's penalty (barrier) terms, ``[B]``."""
+def objective(env_id, x0, target, U):
+    """What iLQR minimises: J plus the expert's penalty (barrier) terms, ``[B]``."""
     from trc_gym.experts.ilqr import objective_torch
 
+    expert = trc_gym.make_expert(env_id)
+    problem, penalty = expert.problem, expert.penalty_torch
     with torch.no_grad():
         x0, target, U = (torch.as_tensor(a) for a in (x0, target, U))
         states = problem.rollout_torch(x0, U, terminate=False)
-        return objective_torch(problem, states, target, U).numpy()
+        return objective_torch(problem, states, target, U, penalty).numpy()
 
 
 @pytest.mark.parametrize("env_id", HARD)
 def test_expert_beats_random_feasible_perturbations(env_id, expert_cache):
     problem = make_problem(env_id)
     x0, target, U = expert_cache(env_id)
-    best = objective(problem, x0, target, U)
+    best = objective(env_id, x0, target, U)
     rng = np.random.default_rng(4)
     span = problem.u_high - problem.u_low
     for scale in (0.003, 0.03):
@@ -294,7 +296,7 @@ def test_expert_beats_random_feasible_perturbations(env_id, expert_cache):
             other = np.clip(U + scale * span * rng.standard_normal(U.shape), problem.u_low,
                             problem.u_high)
             feasible = ~problem.constraint_violations(problem.rollout(x0, other))
-            worse = objective(problem, x0, target, other) >= best * (1.0 - 1e-9)
+            worse = objective(env_id, x0, target, other) >= best * (1.0 - 1e-9)
             assert np.all(worse | ~feasible), f"{env_id}: a perturbation beat the expert"
 
 
@@ -365,21 +367,23 @@ def test_stepped_evaluation_pads_failed_episodes_like_the_batched_rollout():
     problem = make_problem(NAV)
     policy = ConstantPolicy(NAV, [2.0, 0.0])
     x0, target = trc_gym.held_out_starts(NAV, 6)
-    controls, states, costs, _ = evaluation.step_episodes(policy, NAV, x0, target, None)
+    episodes, _ = evaluation.step_episodes(policy, NAV, x0, target)
+    controls, states, costs = episodes.controls, episodes.states, episodes.costs
     plan = policy.plan(x0, target)
     failed = problem.constraint_violations(states)
     assert failed.any()  # some episodes ended early and were padded
     np.testing.assert_allclose(states, problem.rollout(x0, plan), rtol=1e-12)
     np.testing.assert_allclose(costs, problem.cost(x0, target, plan), rtol=1e-9)
-    stepped = evaluation.trajectory_metrics(problem, target, controls, states, costs)
-    batched = evaluation.trajectory_metrics(problem, target, plan, problem.rollout(x0, plan),
-                                            problem.cost(x0, target, plan))
+    stepped = evaluation.trajectory_metrics(problem, target, episodes)
+    batched = evaluation.trajectory_metrics(problem, target,
+                                            evaluation.run_plans(policy, problem, x0, target))
     for key in ("mean_cost", "effort", "success_rate", "violations", "terminal_error"):
         assert stepped[key] == pytest.approx(batched[key], rel=1e-9), key
     assert stepped["violations"] == pytest.approx(failed.mean())
     for batch in (1, 4):  # lockstep groups of any size step the same episodes
-        grouped = evaluation.step_episodes(policy, NAV, x0, target, None, batch=batch)
-        for a, b in zip(grouped[:3], (controls, states, costs), strict=True):
+        grouped = evaluation.step_episodes(policy, NAV, x0, target, batch=batch)[0]
+        for a, b in zip((grouped.controls, grouped.states, grouped.costs),
+                        (controls, states, costs), strict=True):
             np.testing.assert_array_equal(a, b)
 
 

@@ -10,8 +10,8 @@ import torch
 from scipy.optimize import minimize
 
 import trc_gym
-from trc_gym.experts import box_qp, clipped_lqr_plans, ilqr, ilqr_expert_plans
-from trc_gym.problem import NonlinearProblem
+from trc_gym.experts import ILQRExpert, box_qp, clipped_lqr_plans, ilqr
+from trc_gym.problem import ControlProblem
 
 VDP = "TRC-VanDerPol-v0"
 
@@ -42,7 +42,7 @@ def test_ilqr_is_exact_on_the_linear_problem():
     env_id = "TRC-DoubleIntegrator-v0"
     problem = trc_gym.make_problem(env_id)
     x0, target = trc_gym.held_out_starts(env_id, 40)
-    exact = problem.cost(x0, target, problem.expert_plan(x0, target))
+    exact = problem.cost(x0, target, trc_gym.expert_plan(env_id, x0, target))
     U, objective = ilqr(problem, x0, target, np.zeros((40, problem.horizon, 1)))
     np.testing.assert_allclose(objective, problem.cost(x0, target, U), rtol=1e-12)
     np.testing.assert_allclose(objective, exact, rtol=1e-9, atol=1e-9)
@@ -77,8 +77,8 @@ def test_objective_never_increases_and_iterations_help():
     np.testing.assert_array_equal(ilqr(problem, x0, target, lqr, max_iter=0)[1], start)
 
 
-class _ObstacleProblem(NonlinearProblem):
-    """A 2-D point mass that must pass a disc of radius 1 at the origin (penalty outside J)."""
+class _ObstacleProblem(ControlProblem):
+    """A 2-D point mass that must pass a disc of radius 1 at the origin."""
 
     def __init__(self):
         super().__init__(
@@ -91,12 +91,16 @@ class _ObstacleProblem(NonlinearProblem):
     def dynamics(self, x, u):
         return torch.cat([x[..., 2:], u], dim=-1)
 
+    def sample_targets(self, rng, size):
+        return np.tile([3.0, 0.0, 0.0, 0.0], (size, 1))
+
+
+class _ObstacleExpert(ILQRExpert):
+    """iLQR with a barrier around the disc (a penalty outside J)."""
+
     def penalty_torch(self, states, target):
         depth = torch.clamp(1.0 - torch.linalg.norm(states[..., :2], dim=-1), min=0.0)
         return 1000.0 * (depth**2).sum(1)
-
-    def sample_targets(self, rng, size):
-        return np.tile([3.0, 0.0, 0.0, 0.0], (size, 1))
 
 
 def test_penalty_steers_the_plan_around_an_obstacle():
@@ -105,7 +109,8 @@ def test_penalty_steers_the_plan_around_an_obstacle():
     x0 = problem.sample_initial_states(rng, 6)
     target = problem.sample_targets(rng, 6)
     x0[0, 1] = 0.05  # nearly head-on
-    U = ilqr_expert_plans(problem, x0, target)
+    U = _ObstacleExpert(problem).plan(x0, target)
+    assert ILQRExpert(problem).plan(x0[:1], target[:1]).shape == U[:1].shape  # no barrier
     states = problem.rollout(x0, U)
     assert np.linalg.norm(states[..., :2], axis=-1).min() > 0.95  # stayed (almost) outside
     assert problem.success(states, target).all()
@@ -126,4 +131,4 @@ def test_module_and_function_names():
     """``trc_gym.experts.ilqr`` is the function; the module stays importable by path."""
     from trc_gym.experts.ilqr import ilqr as direct
 
-    assert direct is ilqr and callable(sys.modules["trc_gym.experts.ilqr"].ilqr_expert_plans)
+    assert direct is ilqr and sys.modules["trc_gym.experts.ilqr"].ILQRExpert is ILQRExpert

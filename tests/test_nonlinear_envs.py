@@ -176,7 +176,7 @@ def test_van_der_pol_random_targets_are_rest_states_held_by_the_expert():
     # The equilibrium force holds each target in place.
     held = problem.step(target, problem.equilibrium_control(target))
     np.testing.assert_allclose(held, target, atol=1e-12)
-    plans = problem.expert_plan(x0, target)
+    plans = trc_gym.make_expert("TRC-VanDerPol-v0", random_target=True).plan(x0, target)
     states = problem.rollout(x0, plans)
     assert problem.success(states, target).all()
     lqr = problem.cost(x0, target, clipped_lqr_plans(problem, x0, target))

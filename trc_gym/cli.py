@@ -1,171 +1,247 @@
-"""The ``trc`` command line. Each subcommand is one function below; heavy imports are lazy."""
+"""trc: expert data, TRC training, baselines and evaluation from the command line.
+
+Each subcommand is one dataclass below; its options and their defaults come from the stage's
+config dataclass (`DataConfig`, `BCConfig`, `GRPOConfig`), so the CLI, the Python API and the
+main job share one set of defaults. `trc <command> --help` lists every option.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import tyro
+
+from policies.bc import BCConfig
+from policies.grpo import GRPOConfig
+from trc_gym.datasets import DataConfig
+from trc_gym.envs import DEFAULT_ENV_ID
+from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED
+
+Size = Literal["small", "medium", "large"]
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    from trc_gym import datasets
-
-    start = time.perf_counter()
-    data = datasets.generate(args.env, args.num_samples, seed=args.seed, workers=args.workers,
-                             env_kwargs=json.loads(args.env_kwargs))
-    path = datasets.save(data, args.out)
-    print(f"wrote {len(data)} expert plans of {args.env} to {path} "
-          f"(mean cost {data.costs.mean():.3f}, {time.perf_counter() - start:.1f} s)")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from trc_gym import evaluate, format_table
-
-    policy = load_any_policy(args.policy, args.env)
-    metrics = evaluate(policy, args.env, args.episodes, args.seed)
-    print(format_table({args.policy: metrics}))
+def json_object(text: str, name: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object (ValueError naming ``name`` otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{}}': {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{}}', got {text!r}")
+    return value
 
 
-def cmd_train_bc(args: argparse.Namespace) -> None:
-    import torch
+@dataclass
+class Generate:
+    """Expert demonstrations: sample starts, solve each with the env's expert, write .npz."""
 
-    from policies import BCConfig, TRCPolicy, train_bc
-    from policies.bc import PRESET_LR
-    from trc_gym import datasets
+    out: Path
+    """Dataset file to write (.npz)."""
+    env: str = DEFAULT_ENV_ID
+    """Registered env id."""
+    env_kwargs: str = "{}"
+    """Problem options as JSON, e.g. '{"random_target": true}'."""
+    data: tyro.conf.OmitArgPrefixes[DataConfig] = field(default_factory=DataConfig)
 
-    data = datasets.load(args.data, env_id=args.env)
-    torch.manual_seed(args.seed)
-    policy = TRCPolicy.create(args.env, args.size, env_kwargs=data.metadata.get("env_kwargs"),
-                              **json.loads(args.model))
-    config = BCConfig(epochs=args.epochs, lr=args.lr or PRESET_LR[args.size], seed=args.seed,
-                      cost_weight=args.cost_weight)
-    out = Path(args.out)
-    train_bc(policy, data, config, run_dir=out.with_suffix(".run"), resume=args.resume)
-    policy.save(out)
-    print(f"saved {out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
-          f"{policy.n_parameters:,} parameters); logs in {out.with_suffix('.run')}")
+    def run(self) -> None:
+        from trc_gym import datasets
 
-
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from policies import GRPOConfig, finetune, load_policy
-
-    policy = load_policy(args.init)
-    if policy.env_id != args.env:
-        raise ValueError(f"{args.init} is a planner for {policy.env_id!r}, not {args.env!r}")
-    config = GRPOConfig(iterations=args.iterations, algo=args.algo, seed=args.seed)
-    out = Path(args.out)
-    finetune(policy, config, run_dir=out.with_suffix(".run"))
-    policy.save(out)
-    print(f"saved {out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
-          f"{policy.metadata['rl_env_steps']:,} env steps); logs in {out.with_suffix('.run')}")
+        start = time.perf_counter()
+        data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
+                                 workers=self.data.workers,
+                                 env_kwargs=json_object(self.env_kwargs, "--env-kwargs"))
+        path = datasets.save(data, self.out)
+        print(f"wrote {len(data)} expert plans of {self.env} to {path} "
+              f"(mean cost {data.costs.mean():.3f}, {time.perf_counter() - start:.1f} s)")
 
 
-def load_any_policy(name: str, env_id: str):
-    """``expert`` / ``random`` / ``zero``, a saved SB3 agent (or run) directory, or a path to a
-    saved TRC planner."""
-    from pathlib import Path
+@dataclass
+class TrainBC:
+    """Behaviour-clone expert plans into a TRC planner."""
 
+    data: Path
+    """Dataset from `trc generate`."""
+    out: Path
+    """Checkpoint to write, e.g. runs/di/trc_bc.pt (logs go to OUT.run/)."""
+    env: str | None = None
+    """Env id (default: the dataset's; must match it)."""
+    size: Size = "small"
+    """Preset size of the planner."""
+    model: str = "{}"
+    """Model config overrides as JSON, e.g. '{"reasoning": "attention"}'."""
+    resume: bool = False
+    """Continue from OUT.run/bc_state.pt."""
+    bc: tyro.conf.OmitArgPrefixes[BCConfig] = field(default_factory=BCConfig)
+
+    def run(self) -> None:
+        import torch
+
+        from policies import TRCPolicy, train_bc
+        from trc_gym import datasets
+
+        data = datasets.load(self.data, env_id=self.env)
+        torch.manual_seed(self.bc.seed)
+        policy = TRCPolicy.create(data.metadata["env_id"], self.size,
+                                  env_kwargs=data.metadata.get("env_kwargs"),
+                                  **json_object(self.model, "--model"))
+        train_bc(policy, data, self.bc, run_dir=self.out.with_suffix(".run"),
+                 resume=self.resume)
+        policy.save(self.out)
+        print(f"saved {self.out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
+              f"{policy.n_parameters:,} parameters); logs in {self.out.with_suffix('.run')}")
+
+
+@dataclass
+class Finetune:
+    """GRPO (or REINFORCE) fine-tuning of a cloned planner."""
+
+    init: Path
+    """Checkpoint from `trc train-bc`."""
+    out: Path
+    """Checkpoint to write (logs go to OUT.run/)."""
+    env: str | None = None
+    """Env id (default: the checkpoint's; must match it)."""
+    rl: tyro.conf.OmitArgPrefixes[GRPOConfig] = field(default_factory=GRPOConfig)
+
+    def run(self) -> None:
+        from policies import finetune, load_policy
+
+        policy = load_policy(self.init)
+        if self.env is not None and policy.env_id != self.env:
+            raise ValueError(f"{self.init} is a planner for {policy.env_id!r}, not {self.env!r}")
+        finetune(policy, self.rl, run_dir=self.out.with_suffix(".run"))
+        policy.save(self.out)
+        print(f"saved {self.out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
+              f"{policy.metadata['rl_env_steps']:,} env steps); logs in "
+              f"{self.out.with_suffix('.run')}")
+
+
+@dataclass
+class Evaluate:
+    """Evaluate a policy on held-out starts and print its row of the table."""
+
+    policy: tyro.conf.Positional[str]
+    """expert | random | zero | a TRC checkpoint | an SB3 agent or run folder."""
+    env: str | None = None
+    """Env id (default: the policy's own; expert/random/zero: TRC-DoubleIntegrator-v0)."""
+    episodes: int = DEFAULT_EPISODES
+    """Held-out starts."""
+    seed: int = HELD_OUT_SEED
+    """Seed of the held-out starts."""
+    mpc: bool = False
+    """Replan from every state (receding horizon) instead of executing one plan."""
+
+    def run(self) -> None:
+        from trc_gym import evaluate, format_table
+
+        policy, env_id = load_any_policy(self.policy, self.env, self.mpc)
+        metrics = evaluate(policy, env_id, self.episodes, self.seed)
+        print(f"{env_id}: {self.episodes} starts (seed {self.seed})\n")
+        print(format_table({self.policy: metrics}))
+
+
+@dataclass
+class TrainBaseline:
+    """Train SB3 PPO or SAC with the tuned settings, then evaluate it."""
+
+    out: Path
+    """Run folder to write (best/, final/, curve.csv, training.json)."""
+    algo: Literal["ppo", "sac"] = "ppo"
+    """The SB3 algorithm."""
+    env: str = DEFAULT_ENV_ID
+    """Registered env id."""
+    timesteps: int | None = None
+    """Env steps of training (default: the tuned budget of baselines.hyperparameters)."""
+    seed: int = 0
+    """Seed of the algorithm and its envs."""
+    n_envs: int | None = None
+    """Parallel training envs (default: the tuned value)."""
+    eval_freq: int | None = None
+    """Env steps between validations (default: the tuned value)."""
+    set: str = "{}"
+    """Hyperparameter overrides as JSON, e.g. '{"learning_rate": 3e-4}'."""
+    env_kwargs: str = "{}"
+    """Problem options as JSON, e.g. '{"random_target": true}'."""
+    episodes: int = 500
+    """Held-out starts evaluated after training."""
+    threads: int = 1
+    """Torch threads."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def run(self) -> None:
+        import torch
+
+        from baselines.training import train_agent
+        from trc_gym import evaluate, format_table
+
+        env_kwargs = json_object(self.env_kwargs, "--env-kwargs")
+        overrides = json_object(self.set, "--set")
+        torch.set_num_threads(self.threads)
+        agent = train_agent(self.algo, self.env, self.timesteps, seed=self.seed,
+                            n_envs=self.n_envs, eval_freq=self.eval_freq, out_dir=self.out,
+                            progress_bar=self.progress, env_kwargs=env_kwargs, **overrides)
+        info = agent.info
+        print(f"{self.algo.upper()} on {self.env}: {info['env_steps']} env steps "
+              f"(+{info['validation_env_steps']} for validation), {info['train_seconds']:.1f} "
+              f"s; selected at {info['selected_at_env_steps']} steps; saved to {self.out}")
+        metrics = evaluate(agent, self.env, self.episodes, env_kwargs=env_kwargs)
+        print(format_table({f"{self.algo} ({self.episodes} held-out starts)": metrics}))
+
+
+def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
+    """``(policy, env_id)``: ``expert`` / ``random`` / ``zero`` for ``env_id`` (default
+    `DEFAULT_ENV_ID`), or a saved SB3 agent (or run) folder or TRC checkpoint, whose own env is
+    used and must equal ``env_id`` when that is given. ``mpc``: replan at every step."""
     from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 
     simple = {"expert": ExpertPolicy, "random": RandomPolicy, "zero": ZeroPolicy}
     if name in simple:
-        return simple[name](env_id)
+        env_id = env_id or DEFAULT_ENV_ID
+        policy = simple[name](env_id)
+        if mpc:
+            policy.receding_horizon = True
+        return policy, env_id
     if any((Path(name) / sub / "agent.json").exists() for sub in ("", "best")):
-        from baselines.sb3 import load_agent
+        if mpc:
+            raise ValueError("--mpc applies to planners, not to SB3 agents")
+        from baselines.agent import load_agent
 
-        return load_agent(name)
-    from policies import load_policy
+        policy = load_agent(name)
+    else:
+        from policies import load_policy
 
-    return load_policy(name)
-
-
-def cmd_train_baseline(args: argparse.Namespace) -> None:
-    import torch
-
-    from baselines.sb3 import train_agent
-    from trc_gym import evaluate, format_table
-
-    torch.set_num_threads(args.threads)
-    agent = train_agent(args.algo, args.env, args.timesteps, seed=args.seed, n_envs=args.n_envs,
-                        eval_freq=args.eval_freq, out_dir=args.out,
-                        progress_bar=not args.no_progress, env_kwargs=json.loads(args.env_kwargs),
-                        **json.loads(args.set))
-    info = agent.info
-    print(f"{args.algo.upper()} on {args.env}: {info['env_steps']} env steps "
-          f"(+{info['validation_env_steps']} for validation), {info['train_seconds']:.1f} s; "
-          f"selected at {info['selected_at_env_steps']} steps; saved to {args.out}")
-    metrics = evaluate(agent, args.env, args.episodes, env_kwargs=json.loads(args.env_kwargs))
-    print(format_table({f"{args.algo} ({args.episodes} held-out starts)": metrics}))
+        policy = load_policy(name, receding_horizon=mpc)
+    if env_id is not None and env_id != policy.env_id:
+        raise ValueError(f"{name} was trained on {policy.env_id!r}, not {env_id!r}")
+    return policy, policy.env_id
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+SUBCOMMANDS = {"generate": Generate, "train-bc": TrainBC, "finetune": Finetune,
+               "train-baseline": TrainBaseline, "evaluate": Evaluate}
 
-    p = sub.add_parser("generate", help="expert demonstrations -> .npz")
-    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    p.add_argument("--num-samples", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes for slow experts")
-    p.add_argument("--env-kwargs", default="{}", help='JSON, e.g. \'{"random_target": true}\'')
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("train-bc", help="behaviour-clone expert plans into a TRC planner")
-    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    p.add_argument("--data", required=True, help=".npz from `trc generate`")
-    p.add_argument("--size", default="small", choices=["small", "medium", "large"])
-    p.add_argument("--model", default="{}",
-                   help='JSON model overrides, e.g. \'{"reasoning": "attention"}\'')
-    p.add_argument("--epochs", type=int, default=150)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the size's)")
-    p.add_argument("--cost-weight", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT.run/bc_state.pt")
-    p.add_argument("--out", required=True, help="checkpoint path, e.g. runs/di/trc_bc.pt")
-    p.set_defaults(func=cmd_train_bc)
-
-    p = sub.add_parser("finetune", help="GRPO / REINFORCE fine-tuning of a cloned planner")
-    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    p.add_argument("--init", required=True, help="checkpoint from `trc train-bc`")
-    p.add_argument("--iterations", type=int, default=150)
-    p.add_argument("--algo", default="grpo", choices=["grpo", "reinforce"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("evaluate", help="evaluate a policy on held-out starts")
-    p.add_argument("policy", help="expert | random | zero | path to a TRC checkpoint")
-    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=12345)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("train-baseline", help="train SB3 PPO / SAC with the tuned settings")
-    p.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
-    p.add_argument("--env", default="TRC-DoubleIntegrator-v0")
-    p.add_argument("--timesteps", type=int, default=None, help="default: the tuned budget")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-envs", type=int, default=None, help="default: the tuned value")
-    p.add_argument("--eval-freq", type=int, default=None, help="env steps between validations")
-    p.add_argument("--set", default="{}", help='JSON overrides, e.g. \'{"learning_rate": 3e-4}\'')
-    p.add_argument("--env-kwargs", default="{}", help='JSON, e.g. \'{"random_target": true}\'')
-    p.add_argument("--episodes", type=int, default=500, help="held-out starts evaluated after")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="run directory (best/, final/, curve.csv)")
-    p.set_defaults(func=cmd_train_baseline)
-    return parser
+def parse(argv: list[str] | None = None) -> Any:
+    """The subcommand object ``argv`` asks for, with its options (a malformed command line
+    exits with tyro's message, as argparse does)."""
+    command = Union[tuple(Annotated[cls, tyro.conf.subcommand(name)]  # noqa: UP007
+                          for name, cls in SUBCOMMANDS.items())]
+    return tyro.cli(command, args=argv, prog="trc", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; bad input ends in one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = next((a for a in argv if a in SUBCOMMANDS), "")
     try:
-        args.func(args)
+        parse(argv).run()
     except (ValueError, FileNotFoundError) as exc:
-        print(f"trc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"trc {name}: error: {exc}".replace("  ", " "), file=sys.stderr)
         return 2
     return 0
 

@@ -20,10 +20,29 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from trc_gym.atomic import atomic_write
+from trc_gym.checks import check_number
 from trc_gym.envs import make_expert
+from trc_gym.files import atomic_write
 
 ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
+
+
+@dataclass
+class DataConfig:
+    """Demonstrations: every default of `generate`, ``trc generate`` and the main job."""
+
+    num_samples: int = 10_000
+    """Expert plans to generate."""
+    seed: int = 0
+    """Seed of the sampled starts and targets (the test starts use their own)."""
+    workers: int | None = None
+    """Processes for slow (per-start) experts; None: every core."""
+
+    def __post_init__(self) -> None:
+        check_number(self.num_samples, "num_samples", minimum=1, integer=True)
+        check_number(self.seed, "seed", minimum=0, integer=True)
+        if self.workers is not None:
+            check_number(self.workers, "workers", minimum=1, integer=True)
 
 
 @dataclass
@@ -54,9 +73,9 @@ def _solve_chunk(args: tuple) -> np.ndarray:
     return make_expert(env_id, **env_kwargs).plan(x0, target)
 
 
-def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None = None,
-             chunk_size: int = 256, env_kwargs: dict | None = None,
-             progress: bool = True) -> Demonstrations:
+def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int = DataConfig.seed,
+             workers: int | None = DataConfig.workers, chunk_size: int = 256,
+             env_kwargs: dict | None = None, progress: bool = True) -> Demonstrations:
     """Sample starts and targets with ``seed`` and solve each with the env's expert.
 
     Fast (batched) experts run in this process in chunks; slow ones (``Expert.parallel``) are
@@ -64,8 +83,7 @@ def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None =
     """
     from trc_gym import __version__
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    DataConfig(num_samples, seed, workers)  # checks them
     env_kwargs = dict(env_kwargs or {})
     expert = make_expert(env_id, **env_kwargs)
     problem = expert.problem
@@ -98,7 +116,7 @@ def generate(env_id: str, num_samples: int, seed: int = 0, workers: int | None =
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` (.npz) atomically (see `trc_gym.atomic`)."""
+    """Write ``data`` to ``path`` (.npz) atomically (see `trc_gym.files`)."""
     return atomic_write(path, lambda tmp: np.savez(
         tmp, metadata=np.array(json.dumps(data.metadata)), **{k: getattr(data, k) for k in ARRAYS}))
 

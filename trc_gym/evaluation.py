@@ -32,6 +32,7 @@ from trc_gym.threads import one_thread
 
 HELD_OUT_SEED = 12345  # test starts: every reported table
 VALIDATION_SEED = 54321  # validation starts: model selection (never the test starts)
+DEFAULT_EPISODES = 1000  # held-out starts of every reported table
 EpisodePath = Literal["auto", "plan", "step", "batched"]
 _expert_cache: dict[tuple, np.ndarray] = {}
 
@@ -205,7 +206,8 @@ def trajectory_metrics(problem: ControlProblem, target: np.ndarray,
     return metrics
 
 
-def evaluate(policy: Any, env_id: str, n_episodes: int = 1000, seed: int = HELD_OUT_SEED, *,
+def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
+             seed: int = HELD_OUT_SEED, *,
              env_kwargs: dict | None = None, path: EpisodePath = "auto",
              latency_samples: int = 20) -> dict[str, float]:
     """Evaluate ``policy`` on ``n_episodes`` starts of ``env_id`` drawn with ``seed``.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+DEFAULT_ENV_ID = "TRC-DoubleIntegrator-v0"  # what the CLI and the main job run by default
+
 # One line per env: its id and the class implementing it (each in a self-contained file).
 ENV_ENTRY_POINTS: dict[str, str] = {
     "TRC-DoubleIntegrator-v0": "trc_gym.envs.double_integrator:DoubleIntegratorEnv",
