@@ -28,8 +28,8 @@ from typing import Any
 from trc_gym.evaluation import format_table
 from trc_gym.files import atomic_write
 
-# The sweep tables: mean validation gap, env steps at selection, wall seconds per run.
-REPORT_COLUMNS = ("gap", "env_steps", "train_seconds")
+# The sweep tables: validation gap over the seeds, env steps at selection, wall time per run.
+REPORT_COLUMNS = ("val_gap", "worst_val_gap", "runs", "selected_at_env_steps", "seconds_per_run")
 
 # One-setting changes from the table's entry, per algorithm.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
@@ -136,9 +136,11 @@ def report(rows: list[dict], title: str) -> str:
         changes = f" `{json.dumps(row['overrides'])}`" if row["overrides"] else ""
         note = f" ({'; '.join(sorted(set(row['errors'])))})" if row["errors"] else ""
         table[f"{row['name']}{note}{changes}"] = {
-            "gap": row["mean_gap"] if row["gaps"] else None,
-            "env_steps": ", ".join(f"{int(s):,}" for s in row["selected"]) or None,
-            "train_seconds": sum(row["walls"]) / len(row["walls"]) if row["walls"] else None}
+            "val_gap": row["mean_gap"] if row["gaps"] else None,
+            "worst_val_gap": row["worst_gap"] if row["gaps"] else None,
+            "runs": len(row["gaps"]),
+            "selected_at_env_steps": ", ".join(f"{int(s):,}" for s in row["selected"]) or None,
+            "seconds_per_run": sum(row["walls"]) / len(row["walls"]) if row["walls"] else None}
     return f"#### {title}\n\n" + format_table(table, columns=REPORT_COLUMNS,
                                                first="candidate `changes`")
 

@@ -308,13 +308,20 @@ METRICS: dict[str, Metric] = {
     "ms_per_plan": Metric("ms/episode", "{:.2f}"),
     "ms_per_action": Metric("ms/action", "{:.3f}"),
     "ms_per_plan_batched": Metric("ms/plan (batch 1024)", "{:.4f}"),
+    "ms_per_plan_all": Metric("ms/plan (all starts in one batch)", "{:.1f}"),
     "vs_expert": Metric("x expert (batch 1)", "{:.2f}"),
     "parameters": Metric("parameters", "{:,}"),
     "expert_solves": Metric("expert solves", "{:,}"),
     "env_steps": Metric("env steps", "{:,}"),
+    "validation_env_steps": Metric("validation env steps", "{:,}"),
     "train_seconds": Metric("training wall (s)", "{:,.0f}"),
     "epochs": Metric("epochs", "{}"),
-    "seconds_per_plan": Metric("s/plan", "{:.3f}"),
+    # Baseline tuning: over the seeds of one candidate.
+    "val_gap": Metric("mean validation gap", "{:+.3%}"),
+    "worst_val_gap": Metric("worst validation gap", "{:+.3%}"),
+    "runs": Metric("runs", "{}"),
+    "selected_at_env_steps": Metric("selected at (env steps)", "{}"),
+    "seconds_per_run": Metric("s/run", "{:.0f}"),
 }
 DEFAULT_COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error", "effort", "ms_per_plan")
 

@@ -75,7 +75,7 @@ from torch import Tensor
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
 from trc_gym.experts import ILQRExpert
-from trc_gym.experts.guesses import closed_loop_plans, pump_then_catch
+from trc_gym.experts.guesses import swing_up_plans
 from trc_gym.problem import ControlProblem, wrap_angle
 
 GRAVITY, CART_MASS, POLE_MASS, HALF_LENGTH, MAX_FORCE = 9.8, 1.0, 0.1, 0.5, 10.0
@@ -136,14 +136,8 @@ class CartPoleExpert(ILQRExpert):
             centre = -0.3 * (x[:, 0] - target[:, 0]) - 0.3 * x[:, 1]
             return (MAX_FORCE * np.clip(push + centre, -1.0, 1.0))[:, None]
 
-        def near(x: np.ndarray) -> np.ndarray:
-            e = problem.state_error_np(x, target)
-            return np.abs(e[:, 2]) + 0.1 * np.abs(e[:, 3]) < 0.4
-
-        for kick, steps in ((0.0, 0), (MAX_FORCE, 4), (-MAX_FORCE, 4)):
-            controller = pump_then_catch(problem, target, pump, near, kick, steps)
-            guesses.append(closed_loop_plans(problem, x0, controller))
-        return guesses
+        catch = (2, 0.1, 0.4)  # |pole angle error| + 0.1 |pole rate error| < 0.4
+        return guesses + swing_up_plans(problem, x0, target, pump, catch, MAX_FORCE, 4)
 
 
 class CartPoleEnv(ControlEnv):

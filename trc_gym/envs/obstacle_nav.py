@@ -83,6 +83,7 @@ from torch import Tensor
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET, WARN
 from trc_gym.experts import ILQRExpert
+from trc_gym.experts.guesses import closed_loop_plans
 from trc_gym.problem import LinearProblem
 
 OBSTACLES = np.array([  # centre x, centre y, radius (m)
@@ -183,15 +184,15 @@ class ObstacleNavExpert(ILQRExpert):
         speed along the polyline start -> ``via`` -> goal (or start -> goal), arriving at the
         goal at 80% of the horizon."""
         p = self.problem
-        x = p.check_states(x0, "x0")
-        points = [x[:, :2]] + ([np.broadcast_to(via, x[:, :2].shape)] if via is not None
-                               else []) + [target[:, :2]]
+        x0 = p.check_states(x0, "x0")
+        points = [x0[:, :2]] + ([np.broadcast_to(via, x0[:, :2].shape)] if via is not None
+                                else []) + [target[:, :2]]
         legs = [np.linalg.norm(b - a, axis=1) for a, b in itertools.pairwise(points)]
         total = np.maximum(sum(legs), 1e-9)
         arrive = 0.8 * p.horizon * p.dt
         kp, kd = 4.0, 4.0
-        plan = []
-        for k in range(p.horizon):
+
+        def track(x: np.ndarray, k: int) -> np.ndarray:
             s = np.minimum(k * p.dt / arrive, 1.0) * total  # arc length of the reference
             ref = points[-1].copy()
             start = np.zeros_like(s)
@@ -200,10 +201,9 @@ class ObstacleNavExpert(ILQRExpert):
                 on_leg = (s >= start) & (s <= start + length)
                 ref = np.where(on_leg[:, None], a + frac * (b - a), ref)
                 start = start + length
-            u = np.clip(kp * (ref - x[:, :2]) - kd * x[:, 2:], p.u_low, p.u_high)
-            plan.append(u)
-            x = p.step(x, u)
-        return np.stack(plan, axis=1)
+            return kp * (ref - x[:, :2]) - kd * x[:, 2:]
+
+        return closed_loop_plans(p, x0, track)
 
 
 class ObstacleNavEnv(ControlEnv):

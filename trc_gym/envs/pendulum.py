@@ -67,7 +67,7 @@ from torch import Tensor
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
 from trc_gym.experts import ILQRExpert
-from trc_gym.experts.guesses import closed_loop_plans, pump_then_catch
+from trc_gym.experts.guesses import swing_up_plans
 from trc_gym.problem import ControlProblem, wrap_angle
 
 G, MASS, LENGTH, MAX_TORQUE = 10.0, 1.0, 1.0, 2.0
@@ -109,14 +109,8 @@ class PendulumExpert(ILQRExpert):
             push = np.where(x[:, 1] == 0.0, 1.0, push)  # at rest: any push starts the swing
             return MAX_TORQUE * push[:, None]
 
-        def near(x: np.ndarray) -> np.ndarray:
-            e = problem.state_error_np(x, target)
-            return np.abs(e[:, 0]) + 0.2 * np.abs(e[:, 1]) < 0.6
-
-        for kick, steps in ((0.0, 0), (MAX_TORQUE, 6), (-MAX_TORQUE, 6)):
-            controller = pump_then_catch(problem, target, pump, near, kick, steps)
-            guesses.append(closed_loop_plans(problem, x0, controller))
-        return guesses
+        catch = (0, 0.2, 0.6)  # |angle error| + 0.2 |rate error| < 0.6
+        return guesses + swing_up_plans(problem, x0, target, pump, catch, MAX_TORQUE, 6)
 
 
 class PendulumEnv(ControlEnv):

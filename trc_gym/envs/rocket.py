@@ -47,8 +47,8 @@ penalty of 1000. The episode return is exactly ``-J`` (`problem.cost` of the pla
 batched rollout freezes a crashed trajectory at its crash state).
 
 ## Starting state
-Uniform over the box: ``x, y in [-150, 150] m``, ``z in [500, 800] m``,
-``vx, vy in [-10, 10] m/s``, ``vz in [-30, -10] m/s``, ``m in [1.8, 2.0] t``. The target is
+Uniform over the box: ``x, y in [-300, 300] m``, ``z in [400, 900] m``,
+``vx, vy in [-20, 20] m/s``, ``vz in [-45, -15] m/s``, ``m in [1.8, 2.0] t``. The target is
 the pad at rest (all zeros); ``reset(options=...)`` sets the start (or a target elsewhere).
 
 ## Episode end
@@ -90,6 +90,7 @@ from torch import Tensor
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET, WARN
 from trc_gym.experts import ILQRExpert
+from trc_gym.experts.guesses import closed_loop_plans
 from trc_gym.problem import ControlProblem
 
 GRAVITY = np.array([0.0, 0.0, -3.71])  # m/s^2 (Mars)
@@ -183,18 +184,15 @@ class RocketExpert(ILQRExpert):
         ``a = 6 (r* - r - v t_go) / t_go^2 - 2 (v* - v) / t_go - g``, ``T = m a`` (clipped),
         recomputed from the state reached at every step."""
         p = self.problem
-        x = p.check_states(x0, "x0")
-        target = p.check_states(target, "target", batch=len(x))
-        plan = []
-        for k in range(p.horizon):
+
+        def guidance(x: np.ndarray, k: int) -> np.ndarray:
             t_go = (p.horizon - k) * p.dt
             r, v = x[:, :3], x[:, 3:6]
             accel = (6.0 * (target[:, :3] - r - v * t_go) / t_go**2
                      - 2.0 * (target[:, 3:6] - v) / t_go - GRAVITY)
-            u = np.clip(x[:, 6:7] * accel, p.u_low, p.u_high)
-            plan.append(u)
-            x = p.step(x, u)
-        return np.stack(plan, axis=1)
+            return x[:, 6:7] * accel
+
+        return closed_loop_plans(p, x0, guidance)
 
 
 class RocketEnv(ControlEnv):

@@ -56,3 +56,20 @@ def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controlle
         return np.where(near(x)[:, None], catch, pump(x, k))
 
     return controller
+
+
+def swing_up_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, pump: Controller,
+                   catch: tuple[int, float, float], kick: float,
+                   kick_steps: int) -> list[np.ndarray]:
+    """Plans ``[B, N, m]`` of `pump_then_catch` flown from ``x0``: with no kick, and with a kick
+    of ``+kick`` and of ``-kick`` for ``kick_steps`` steps (both swing directions). The LQR
+    catches where ``|e_i| + w |e_(i+1)| < r`` for ``catch = (i, w, r)``: the error of the angle
+    at state index ``i`` (rad) and of its rate after it (rad/s)."""
+    i, weight, radius = catch
+
+    def near(x: np.ndarray) -> np.ndarray:
+        e = problem.state_error_np(x, target)
+        return np.abs(e[:, i]) + weight * np.abs(e[:, i + 1]) < radius
+
+    return [closed_loop_plans(problem, x0, pump_then_catch(problem, target, pump, near, k, s))
+            for k, s in ((0.0, 0), (kick, kick_steps), (-kick, kick_steps))]
