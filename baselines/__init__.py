@@ -13,7 +13,12 @@ def __getattr__(name: str):
     if name in _SB3_NAMES:
         import importlib
 
-        return getattr(importlib.import_module(f"baselines.{_SB3_NAMES[name]}"), name)
+        try:
+            module = importlib.import_module(f"baselines.{_SB3_NAMES[name]}")
+        except ImportError as exc:
+            raise ImportError(f"baselines.{name} needs stable-baselines3, the 'rl' extra: "
+                              f"pip install -e '.[rl]' ({exc})") from exc
+        return getattr(module, name)
     raise AttributeError(f"module 'baselines' has no attribute {name!r}")
 
 

@@ -113,7 +113,7 @@ class SB3Agent:
 
     def predict(self, observation: np.ndarray, state=None, episode_start=None,
                 deterministic: bool = True) -> tuple[np.ndarray, None]:
-        obs = np.asarray(observation, dtype=np.float64)
+        obs = check_array(observation, "observation", None)
         single = obs.ndim == 1
         obs = check_array(obs[None] if single else obs, "observation", (-1, self.obs_dim))
         unit, _ = self.model.predict(self.normalizer(obs), deterministic=deterministic)
@@ -146,11 +146,11 @@ class SB3Agent:
 
 def load_agent(path: str | os.PathLike) -> SB3Agent:
     """Load an agent saved by `SB3Agent.save`; a run directory (from `train_ppo` /
-    `train_sac`) loads its selected model, ``best/``. FileNotFoundError / ValueError name the
-    problem."""
+    `train_sac`) loads its selected model: ``best/``, or ``final/`` where training ran without
+    validation. FileNotFoundError / ValueError name the problem."""
     path = Path(path)
-    if not (path / "agent.json").exists() and (path / "best" / "agent.json").exists():
-        path = path / "best"
+    path = next((p for p in (path, path / "best", path / "final")
+                 if (p / "agent.json").exists()), path)
     meta_file, model_file = path / "agent.json", path / "model.zip"
     for file in (meta_file, model_file):
         if not file.exists():

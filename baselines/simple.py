@@ -13,7 +13,7 @@ class ExpertPolicy(PlanningPolicy):
 
     def __init__(self, env_id: str, receding_horizon: bool = False, **env_kwargs):
         self.expert = make_expert(env_id, **env_kwargs)
-        super().__init__(self.expert.problem, receding_horizon)
+        super().__init__(self.expert.problem, env_id, env_kwargs, receding_horizon)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         return self.expert.plan(x0, target)
@@ -23,7 +23,7 @@ class RandomPolicy(PlanningPolicy):
     """Controls drawn uniformly within the bound (seeded)."""
 
     def __init__(self, env_id: str, seed: int = 0, **env_kwargs):
-        super().__init__(make_problem(env_id, **env_kwargs))
+        super().__init__(make_problem(env_id, **env_kwargs), env_id, env_kwargs)
         self.rng = np.random.default_rng(seed)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -35,7 +35,7 @@ class ZeroPolicy(PlanningPolicy):
     """No control at all: the plan is all zeros (clipped into the bound if zero is outside)."""
 
     def __init__(self, env_id: str, **env_kwargs):
-        super().__init__(make_problem(env_id, **env_kwargs))
+        super().__init__(make_problem(env_id, **env_kwargs), env_id, env_kwargs)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         p = self.problem

@@ -18,8 +18,8 @@ Shapes: ``x0, target [B, n]`` -> ``controls [B, N, m]``; latents ``[B, L, d]``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +57,18 @@ class TRCConfig:
         if self.reasoning == "attention" and self.latent_dim % self.n_heads:
             raise ValueError(f"TRCConfig.latent_dim ({self.latent_dim}) must be divisible by "
                              f"n_heads ({self.n_heads})")
+
+    @classmethod
+    def from_dict(cls, values: Any, name: str = "model config") -> TRCConfig:
+        """A config from a mapping of its fields (ValueError naming any unknown one)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{name} must be a mapping of TRCConfig fields, got {values!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{name} has unknown field(s) {unknown}; TRCConfig has "
+                             f"{sorted(known)}")
+        return cls(**values)
 
 
 # Presets sized to the seed's parameter counts on the double integrator (104,862 / 530,590 /
@@ -257,7 +269,7 @@ class TinyRecursiveControl(nn.Module):
     def from_preset(cls, problem: ControlProblem, size: str, **overrides) -> TinyRecursiveControl:
         if size not in PRESETS:
             raise ValueError(f"unknown size {size!r}; choose from {sorted(PRESETS)}")
-        return cls(problem, TRCConfig(**{**asdict(PRESETS[size]), **overrides}))
+        return cls(problem, TRCConfig.from_dict({**asdict(PRESETS[size]), **overrides}))
 
     @classmethod
     def create_small(cls, problem: ControlProblem, **overrides) -> TinyRecursiveControl:

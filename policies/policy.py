@@ -29,10 +29,8 @@ class TRCPolicy(PlanningPolicy):
 
     def __init__(self, model: TinyRecursiveControl, env_id: str, env_kwargs: dict | None = None,
                  receding_horizon: bool = False, metadata: dict | None = None):
-        super().__init__(model.problem, receding_horizon)
+        super().__init__(model.problem, env_id, env_kwargs, receding_horizon)
         self.model = model.eval()
-        self.env_id = env_id
-        self.env_kwargs = dict(env_kwargs or {})
         self.metadata = dict(metadata or {})
         self._trace: tuple[tuple, torch.nn.Module] | None = None  # (weights' key, graph)
 
@@ -50,7 +48,16 @@ class TRCPolicy(PlanningPolicy):
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``."""
-        return self._iterates(x0, target)[-1].double().numpy()
+        plans = self._iterates(x0, target)[-1].double().numpy()
+        bad = ~np.isfinite(plans).all(axis=(1, 2))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            x0_i = self.problem.check_states(x0, "x0")[i]
+            raise ValueError(f"the planner's plan from x0[{i}] = {x0_i.tolist()} is not finite: "
+                             f"the start is too far outside the state box it was made for "
+                             f"({self.problem.state_low.tolist()} to "
+                             f"{self.problem.state_high.tolist()}) for its float32 network")
+        return plans
 
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final
@@ -61,6 +68,9 @@ class TRCPolicy(PlanningPolicy):
         x0 = torch.as_tensor(self.problem.check_states(x0, "x0"), dtype=torch.float32)
         target = torch.as_tensor(self.problem.check_states(target, "target", batch=len(x0)),
                                  dtype=torch.float32)
+        if len(x0) == 0:
+            empty = torch.zeros(0, self.problem.horizon, self.problem.n_control)
+            return [empty] * (self.model.config.n_refine + 1)
         if self.model.training:  # eval() walks every submodule: a cost at batch 1
             self.model.eval()
         if self.model.config.cost_gradient:  # differentiates its own simulation inside
@@ -133,13 +143,24 @@ def load_policy(path: str | Path, receding_horizon: bool = False) -> TRCPolicy:
         config = json.loads(payload["config"])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} has a corrupt config: {exc}") from exc
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {config.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}")
+    config.setdefault("metadata", {})
+    for key, kind in (("env_id", str), ("env_kwargs", dict), ("model", dict),
+                      ("metadata", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(f"{path}: config[{key!r}] must be a {kind.__name__}, got "
+                             f"{config.get(key)!r}")
     problem = make_problem(config["env_id"], **config["env_kwargs"])
-    model = TinyRecursiveControl(problem, TRCConfig(**config["model"]))
+    model = TinyRecursiveControl(problem, TRCConfig.from_dict(config["model"], f"{path}: model"))
+    state_dict = payload.get("state_dict")
     try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as exc:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: weights do not match the config: {exc}") from exc
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: weights contain NaN or inf (in {bad[:3]})")
     return TRCPolicy(model, config["env_id"], config["env_kwargs"], receding_horizon,
-                     config.get("metadata"))
+                     config["metadata"])

@@ -18,9 +18,11 @@ import tyro
 
 from policies.bc import BCConfig
 from policies.grpo import GRPOConfig
+from trc_gym.checks import check_number
 from trc_gym.datasets import DataConfig
-from trc_gym.envs import DEFAULT_ENV_ID
+from trc_gym.envs import DEFAULT_ENV_ID, make_problem
 from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED
+from trc_gym.files import check_output_path
 
 Size = Literal["small", "medium", "large"]
 
@@ -51,10 +53,11 @@ class Generate:
     def run(self) -> None:
         from trc_gym import datasets
 
+        check_output_path(self.out, "--out")
+        env_kwargs = json_object(self.env_kwargs, "--env-kwargs")
         start = time.perf_counter()
         data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
-                                 workers=self.data.workers,
-                                 env_kwargs=json_object(self.env_kwargs, "--env-kwargs"))
+                                 workers=self.data.workers, env_kwargs=env_kwargs)
         path = datasets.save(data, self.out)
         print(f"wrote {len(data)} expert plans of {self.env} to {path} "
               f"(mean cost {data.costs.mean():.3f}, {time.perf_counter() - start:.1f} s)")
@@ -84,13 +87,13 @@ class TrainBC:
         from policies import TRCPolicy, train_bc
         from trc_gym import datasets
 
+        run_dir = check_run_paths(self.out)
         data = datasets.load(self.data, env_id=self.env)
         torch.manual_seed(self.bc.seed)
         policy = TRCPolicy.create(data.metadata["env_id"], self.size,
                                   env_kwargs=data.metadata.get("env_kwargs"),
                                   **json_object(self.model, "--model"))
-        train_bc(policy, data, self.bc, run_dir=self.out.with_suffix(".run"),
-                 resume=self.resume)
+        train_bc(policy, data, self.bc, run_dir=run_dir, resume=self.resume)
         policy.save(self.out)
         print(f"saved {self.out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
               f"{policy.n_parameters:,} parameters); logs in {self.out.with_suffix('.run')}")
@@ -111,10 +114,11 @@ class Finetune:
     def run(self) -> None:
         from policies import finetune, load_policy
 
+        run_dir = check_run_paths(self.out)
         policy = load_policy(self.init)
         if self.env is not None and policy.env_id != self.env:
             raise ValueError(f"{self.init} is a planner for {policy.env_id!r}, not {self.env!r}")
-        finetune(policy, self.rl, run_dir=self.out.with_suffix(".run"))
+        finetune(policy, self.rl, run_dir=run_dir)
         policy.save(self.out)
         print(f"saved {self.out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
               f"{policy.metadata['rl_env_steps']:,} env steps); logs in "
@@ -177,11 +181,15 @@ class TrainBaseline:
     def run(self) -> None:
         import torch
 
-        from baselines.training import train_agent
+        from baselines import train_agent
         from trc_gym import evaluate, format_table
 
+        check_output_path(self.out, "--out", folder=True)
+        check_number(self.episodes, "--episodes", minimum=1, integer=True)
+        check_number(self.threads, "--threads", minimum=1, integer=True)
         env_kwargs = json_object(self.env_kwargs, "--env-kwargs")
         overrides = json_object(self.set, "--set")
+        make_problem(self.env, **env_kwargs)  # the id and options, before training
         torch.set_num_threads(self.threads)
         agent = train_agent(self.algo, self.env, self.timesteps, seed=self.seed,
                             n_envs=self.n_envs, eval_freq=self.eval_freq, out_dir=self.out,
@@ -192,6 +200,17 @@ class TrainBaseline:
               f"s; selected at {info['selected_at_env_steps']} steps; saved to {self.out}")
         metrics = evaluate(agent, self.env, self.episodes, env_kwargs=env_kwargs)
         print(format_table({f"{self.algo} ({self.episodes} held-out starts)": metrics}))
+
+
+def check_run_paths(out: Path) -> Path:
+    """Check a checkpoint path and its log folder ``OUT.run`` before training; returns the
+    folder."""
+    check_output_path(out, "--out")
+    run_dir = out.with_suffix(".run")
+    if run_dir == out:
+        raise ValueError(f"--out {out} would be its own log folder ({run_dir}); give a file "
+                         f"name such as {out.with_suffix('.pt')}")
+    return check_output_path(run_dir, "the log folder of --out", folder=True)
 
 
 def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
@@ -207,10 +226,10 @@ def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
         if mpc:
             policy.receding_horizon = True
         return policy, env_id
-    if any((Path(name) / sub / "agent.json").exists() for sub in ("", "best")):
+    if any((Path(name) / sub / "agent.json").exists() for sub in ("", "best", "final")):
         if mpc:
             raise ValueError("--mpc applies to planners, not to SB3 agents")
-        from baselines.agent import load_agent
+        from baselines import load_agent
 
         policy = load_agent(name)
     else:
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     name = next((a for a in argv if a in SUBCOMMANDS), "")
     try:
         parse(argv).run()
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"trc {name}: error: {exc}".replace("  ", " "), file=sys.stderr)
         return 2
     return 0

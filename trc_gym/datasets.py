@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trc_gym.checks import check_number
-from trc_gym.envs import make_expert
+from trc_gym.envs import make_expert, make_problem
 from trc_gym.files import atomic_write
 
 ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
@@ -116,13 +116,22 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` (.npz) atomically (see `trc_gym.files`)."""
-    return atomic_write(path, lambda tmp: np.savez(
-        tmp, metadata=np.array(json.dumps(data.metadata)), **{k: getattr(data, k) for k in ARRAYS}))
+    """Write ``data`` to exactly ``path`` (an .npz archive, whatever the name), atomically (see
+    `trc_gym.files`)."""
+    arrays = {"metadata": np.array(json.dumps(data.metadata)),
+              **{k: getattr(data, k) for k in ARRAYS}}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def load(path: str | Path, env_id: str | None = None) -> Demonstrations:
-    """Read and validate a dataset; ``env_id``, if given, must match the file's."""
+    """Read a dataset and check it is what it claims: ``env_id`` (if given) is the file's, the
+    shapes match its metadata, the controls lie in the bound, and the stored states and costs
+    are the problem's rollout and cost of the stored controls (to float tolerance)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no dataset at {path}")
@@ -136,11 +145,23 @@ def load(path: str | Path, env_id: str | None = None) -> Demonstrations:
         raise ValueError(f"{path} is missing {missing}")
     try:
         metadata = json.loads(str(arrays["metadata"]))
-        S, n, m, N = (metadata[k] for k in ("num_samples", "n_state", "n_control", "horizon"))
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{path} has corrupt metadata: {exc}") from exc
-    if env_id is not None and metadata.get("env_id") != env_id:
-        raise ValueError(f"{path} holds {metadata.get('env_id')!r} data, expected {env_id!r}")
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    for key in ("num_samples", "n_state", "n_control", "horizon"):
+        if isinstance(metadata.get(key), bool) or not isinstance(metadata.get(key), int):
+            raise ValueError(f"{path}: metadata[{key!r}] must be an integer, got "
+                             f"{metadata.get(key)!r}")
+    if not isinstance(metadata.get("env_id"), str):
+        raise ValueError(f"{path}: metadata['env_id'] must be an env id, got "
+                         f"{metadata.get('env_id')!r}")
+    if env_id is not None and metadata["env_id"] != env_id:
+        raise ValueError(f"{path} holds {metadata['env_id']!r} data, expected {env_id!r}")
+    env_kwargs = metadata.setdefault("env_kwargs", {})
+    if not isinstance(env_kwargs, dict):
+        raise ValueError(f"{path}: metadata['env_kwargs'] must be a mapping, got {env_kwargs!r}")
+    S, n, m, N = (metadata[k] for k in ("num_samples", "n_state", "n_control", "horizon"))
     expected = {"initial_states": (S, n), "target_states": (S, n), "controls": (S, N, m),
                 "states": (S, N + 1, n), "costs": (S,)}
     for key, shape in expected.items():
@@ -148,4 +169,30 @@ def load(path: str | Path, env_id: str | None = None) -> Demonstrations:
             raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
         if not np.all(np.isfinite(arrays[key])):
             raise ValueError(f"{path}: {key} contains NaN or inf")
-    return Demonstrations(*(arrays[k].astype(np.float64) for k in ARRAYS), metadata=metadata)
+    data = Demonstrations(*(arrays[k].astype(np.float64) for k in ARRAYS), metadata=metadata)
+    check_claims(data, path)
+    return data
+
+
+def check_claims(data: Demonstrations, path: str | Path) -> None:
+    """ValueError unless ``data`` is its env's: problem dimensions, controls inside the bound,
+    states the rollout and costs the cost of its controls (relative tolerance 1e-6)."""
+    problem = make_problem(data.metadata["env_id"], **data.metadata["env_kwargs"])
+    dims = (problem.n_state, problem.n_control, problem.horizon)
+    if dims != tuple(data.metadata[k] for k in ("n_state", "n_control", "horizon")):
+        raise ValueError(f"{path}: its (n_state, n_control, horizon) are not "
+                         f"{data.metadata['env_id']}'s {dims}")
+    outside = (data.controls < problem.u_low - 1e-9) | (data.controls > problem.u_high + 1e-9)
+    if outside.any():
+        i = int(np.flatnonzero(outside.any(axis=(1, 2)))[0])
+        raise ValueError(f"{path}: controls of sample {i} lie outside the bound "
+                         f"[{problem.u_low.tolist()}, {problem.u_high.tolist()}]")
+    states = problem.rollout(data.initial_states, data.controls)
+    costs = problem.cost(data.initial_states, data.target_states, data.controls)
+    for key, truth in (("states", states), ("costs", costs)):
+        stored = getattr(data, key)
+        wrong = ~np.isclose(stored, truth, rtol=1e-6, atol=1e-9 * (1.0 + np.abs(truth).max()))
+        if wrong.any():
+            i = int(np.flatnonzero(wrong.reshape(len(stored), -1).any(axis=1))[0])
+            raise ValueError(f"{path}: stored {key} of sample {i} are not the problem's "
+                             f"{'rollout' if key == 'states' else 'cost'} of its controls")

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from trc_gym.checks import check_number
 from trc_gym.envs import env_class, make_expert, make_problem
 from trc_gym.envs.base import ControlEnv, observations
 from trc_gym.problem import ControlProblem
@@ -73,6 +74,22 @@ class Episodes:
     controls: np.ndarray
     states: np.ndarray
     costs: np.ndarray
+
+
+def check_policy(policy: Any, env_id: str, env_kwargs: dict | None = None) -> None:
+    """``policy`` must act (``plan`` or ``predict``) and, where it records the env it was made
+    for (``env_id``, ``env_kwargs``), be for this one: a planner or agent of one env evaluated
+    on another would report numbers that mean nothing."""
+    if not (callable(getattr(policy, "plan", None)) or callable(getattr(policy, "predict", None))):
+        raise ValueError(f"policy must have plan(x0, target) or SB3's predict(obs), got "
+                         f"{type(policy).__name__}")
+    own = getattr(policy, "env_id", None)
+    if own is not None and own != env_id:
+        raise ValueError(f"the policy is for {own!r}, not {env_id!r}")
+    own_kwargs = getattr(policy, "env_kwargs", None)
+    if own is not None and own_kwargs is not None and dict(own_kwargs) != dict(env_kwargs or {}):
+        raise ValueError(f"the policy is for {env_id} with options {dict(own_kwargs)}, not "
+                         f"{dict(env_kwargs or {})}")
 
 
 def acts_by_plan(policy: Any) -> bool:
@@ -218,9 +235,11 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
     ``predict`` calls, stepping the first ``latency_samples`` episodes one at a time, and
     ``ms_per_action``, their mean).
     """
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be positive, got {n_episodes}")
+    check_number(n_episodes, "n_episodes", minimum=1, integer=True)
+    check_number(seed, "seed", minimum=0, integer=True)
+    check_number(latency_samples, "latency_samples", minimum=0, integer=True)
     problem = make_problem(env_id, **(env_kwargs or {}))
+    check_policy(policy, env_id, env_kwargs)
     x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
     if path == "auto":
         path = "plan" if acts_by_plan(policy) else "step"

@@ -15,6 +15,22 @@ from pathlib import Path
 from typing import Any
 
 
+def check_output_path(path: str | Path, name: str, folder: bool = False) -> Path:
+    """``path`` as a place a run can write its file (``folder``: its folder) to, checked
+    before any work starts: not an existing folder (file) there, nor a file on its way."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file; give a folder for the run")
+    if not folder and path.is_dir():
+        raise ValueError(f"{name} {path} is a folder; give a file path (in it, say)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` on a temp file beside ``path``, then rename it into place
     (readable by all: 0644). On any error the temp file is removed and the error re-raised."""

@@ -16,8 +16,13 @@ from trc_gym.problem import ControlProblem, check_array
 
 
 class PlanningPolicy:
-    def __init__(self, problem: ControlProblem, receding_horizon: bool = False):
+    """A policy for the env ``env_id`` (made with ``env_kwargs``), whose problem it plans on."""
+
+    def __init__(self, problem: ControlProblem, env_id: str, env_kwargs: dict | None = None,
+                 receding_horizon: bool = False):
         self.problem = problem
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
         self.receding_horizon = receding_horizon
         self._plans: np.ndarray | None = None  # [B, N, m] plans being executed
         self._plan_start: np.ndarray | None = None  # [B] step index each plan was made at
@@ -31,7 +36,7 @@ class PlanningPolicy:
         """Actions ``[B, m]`` (or ``[m]`` for one observation) for observations ``[B, 2n+1+k]``
         (``k`` = the problem's `observation_extras`, read by no plan: they are constant)."""
         p = self.problem
-        obs = np.asarray(observation, dtype=np.float64)
+        obs = check_array(observation, "observation", None)
         single = obs.ndim == 1
         size = 2 * p.n_state + 1 + len(np.asarray(p.observation_extras()).reshape(-1))
         obs = check_array(obs[None] if single else obs, "observation", (-1, size))

@@ -289,8 +289,9 @@ class ControlProblem:
 
     # ------------------------------------------------------------------ checks
     def check_states(self, x: np.ndarray, name: str, batch: int | None = None) -> np.ndarray:
-        """``x`` as float64 ``[B, n]`` (a single ``[n]`` state is broadcast to ``batch``)."""
-        x = np.asarray(x, dtype=np.float64)
+        """``x`` as float64 ``[B, n]`` (a single ``[n]`` state is broadcast to ``batch``),
+        within float32's range (the observation and the planners are float32)."""
+        x = check_array(x, name, None, max_abs=FLOAT32_MAX)
         if x.ndim == 1 and x.shape == (self.n_state,):
             x = np.broadcast_to(x, (batch or 1, self.n_state)).copy()
         return check_array(x, name, (batch if batch is not None else -1, self.n_state))
@@ -301,17 +302,28 @@ class ControlProblem:
         return x0, U
 
 
-def check_array(a: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``a`` as a finite float64 array of ``shape`` (-1 matches any size), else ValueError."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_array(a: np.ndarray, name: str, shape: tuple[int, ...] | None,
+                max_abs: float | None = None) -> np.ndarray:
+    """``a`` as a finite float64 array of ``shape`` (-1 matches any size; None: any shape)
+    with no entry beyond ``max_abs`` in magnitude, else ValueError naming ``name``."""
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name} must be real, got complex values")
     try:
         a = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {type(a).__name__}") from exc
-    if a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)):
+    if shape is not None and (a.ndim != len(shape)
+                              or any(s not in (-1, d) for s, d in zip(shape, a.shape))):
         want = "[" + ", ".join("B" if s == -1 else str(s) for s in shape) + "]"
         raise ValueError(f"{name} has shape {list(a.shape)}, expected {want}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or inf")
+    if max_abs is not None and a.size and np.abs(a).max() > max_abs:
+        raise ValueError(f"{name} has an entry of magnitude {np.abs(a).max():.3g}, beyond "
+                         f"{max_abs:.3g} (float32's range)")
     return a
 
 
@@ -362,5 +374,6 @@ class LinearProblem(ControlProblem):
             return super().rollout_torch(x0, U, terminate)
         B, steps = U.shape[:2]
         c = self.linear_constants(x0, steps)
-        flat = x0 @ c["Phi"].T + self.clip_controls(U).reshape(B, -1) @ c["Gamma"].T
+        controls = self.clip_controls(U).reshape(B, steps * self.n_control)
+        flat = x0 @ c["Phi"].T + controls @ c["Gamma"].T
         return flat.view(B, steps + 1, self.n_state)

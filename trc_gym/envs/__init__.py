@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import gymnasium as gym
 
 DEFAULT_ENV_ID = "TRC-DoubleIntegrator-v0"  # what the CLI and the main job run by default
@@ -34,11 +36,15 @@ def env_class(env_id: str):
 
 def make_problem(env_id: str, **kwargs):
     """The `ControlProblem` behind ``env_id`` (kwargs go to the problem, e.g. random_target)."""
-    return env_class(env_id).problem_class(**kwargs)
+    cls = env_class(env_id).problem_class
+    options = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"{env_id} has no option(s) {unknown}; its options: {options}")
+    return cls(**kwargs)
 
 
 def make_expert(env_id: str, **kwargs):
     """The `trc_gym.experts.Expert` that ``env_id`` names, for its problem made with
     ``kwargs``."""
-    cls = env_class(env_id)
-    return cls.expert_class(cls.problem_class(**kwargs))
+    return env_class(env_id).expert_class(make_problem(env_id, **kwargs))

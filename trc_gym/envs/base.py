@@ -61,11 +61,11 @@ class ControlEnv(gym.Env):
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; use 'state', 'target'")
         p = self.problem
         if options.get("state") is not None:
-            self.state = check_array(options["state"], "options['state']", (p.n_state,)).copy()
+            self.state = p.check_states(options["state"], "options['state']", batch=1)[0]
         else:
             self.state = p.sample_initial_states(self.np_random, 1)[0]
         if options.get("target") is not None:
-            self.target = check_array(options["target"], "options['target']", (p.n_state,)).copy()
+            self.target = p.check_states(options["target"], "options['target']", batch=1)[0]
         else:
             self.target = p.sample_targets(self.np_random, 1)[0]
         self.step_index = 0

@@ -25,9 +25,19 @@ class Expert:
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The expert's plans ``U [B, N, m]`` from ``x0 [B, n]`` to ``target [B, n]`` (or one
         ``[n]`` target for every start)."""
-        x0 = self.problem.check_states(x0, "x0")
-        target = self.problem.check_states(target, "target", batch=x0.shape[0])
-        return self.solve(x0, target)
+        p = self.problem
+        x0 = p.check_states(x0, "x0")
+        target = p.check_states(target, "target", batch=x0.shape[0])
+        if len(x0) == 0:
+            return np.zeros((0, p.horizon, p.n_control))
+        plans = self.solve(x0, target)
+        bad = ~np.isfinite(plans).all(axis=(1, 2))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{type(self).__name__} found no finite plan from x0[{i}] = "
+                             f"{x0[i].tolist()} (to {target[i].tolist()}): the start is beyond "
+                             f"what the problem's float64 dynamics and cost can represent")
+        return plans
 
     def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} implements no solver")
