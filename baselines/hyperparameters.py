@@ -97,7 +97,7 @@ def hyperparameters(env_id: str, algo: str, **overrides: Any) -> dict[str, Any]:
     ``overrides`` (a deep copy; ``policy_kwargs`` and ``normalize`` are merged key by key).
 
     Raises ValueError for an unknown algorithm; unknown keys are caught where the algorithm is
-    built (`baselines.sb3`), which knows the algorithm's own arguments.
+    built (`baselines.training`), which knows the algorithm's own arguments.
     """
     algo = algo.lower()
     if algo not in ALGOS:

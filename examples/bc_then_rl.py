@@ -36,7 +36,7 @@ from policies import BCConfig, GRPOConfig, TRCConfig, TRCPolicy, finetune, load_
 from policies.bc import evaluate_iterates
 from trc_gym import datasets
 from trc_gym.datasets import DataConfig
-from trc_gym.envs import DEFAULT_ENV_ID
+from trc_gym.envs import DEFAULT_ENV_ID, env_name
 from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED, run_episodes
 from trc_gym.files import write_json
 from trc_gym.threads import one_thread
@@ -79,7 +79,7 @@ class JobConfig:
     """Show progress bars."""
 
     def output_dir(self) -> Path:
-        name = self.env.removeprefix("TRC-").removesuffix("-v0")
+        name = env_name(self.env)
         return self.out or Path("runs") / (f"{name}-quick" if self.quick else name)
 
 

@@ -31,7 +31,7 @@ from trc_gym.evaluation import (
     gap,
     plan_latencies_ms,
 )
-from trc_gym.files import atomic_write, read_csv_rows, write_json
+from trc_gym.files import read_csv_rows, write_json, write_text
 from trc_gym.threads import one_thread
 
 MODELS = {  # name -> (preset, overrides)
@@ -120,7 +120,7 @@ def benchmark(args: argparse.Namespace) -> None:
               f"{table}\n\nMean cost of each refinement iterate (0: initial generator):\n\n"
               f"{iterate_table}\n")
     print("\n" + report)
-    atomic_write(out / "benchmark.md", lambda tmp: Path(tmp).write_text(report))
+    write_text(out / "benchmark.md", report)
     write_json(out / "benchmark.json", rows)
     plot(rows, policies, args.env, x0[:3], target[:3], expert_cost, out)
 

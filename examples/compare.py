@@ -36,8 +36,9 @@ from bc_then_rl import job_defaults, run
 import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from policies import load_policy
+from trc_gym.envs import env_name
 from trc_gym.evaluation import HELD_OUT_SEED
-from trc_gym.files import atomic_write, read_csv_rows, write_json
+from trc_gym.files import read_csv_rows, write_json, write_text
 from trc_gym.threads import one_thread
 
 QUICK = {"ppo": {"n_timesteps": 2048, "eval_freq": 1024},  # --quick: a smoke run
@@ -337,15 +338,6 @@ def compare_and_write(env_id: str, args: argparse.Namespace, command: str, out: 
     sections = [(out / f"{env_name(i)}.md").read_text() for i in trc_gym.ENV_IDS
                 if (out / f"{env_name(i)}.md").exists()]
     write_text(out / "compare.md", "\n".join(sections))
-
-
-def env_name(env_id: str) -> str:
-    """``TRC-DoubleIntegrator-v0`` -> ``DoubleIntegrator``: the stem of an env's files."""
-    return env_id.removeprefix("TRC-").removesuffix("-v0")
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import trc_gym
 from trc_gym.envs import env_class
 from trc_gym.evaluation import HELD_OUT_SEED, step_episodes, trajectory_metrics
 from trc_gym.experts import ILQRExpert, clipped_lqr_plans
-from trc_gym.files import atomic_write
+from trc_gym.files import write_text
 from trc_gym.planning_policy import PlanningPolicy
 from trc_gym.problem import ControlProblem
 from trc_gym.threads import one_thread
@@ -128,7 +128,7 @@ def main() -> None:
             f"{trc_gym.format_table(rows, columns=COLUMNS, first='env: expert')}\n")
     if notes:
         text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+    write_text(args.out, text)
     print(f"\n{text}\nwritten to {args.out}")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trc_gym.evaluation import format_table
-from trc_gym.files import atomic_write
+from trc_gym.files import write_text
 
 # The sweep tables: validation gap over the seeds, env steps at selection, wall time per run.
 REPORT_COLUMNS = ("val_gap", "worst_val_gap", "runs", "selected_at_env_steps", "seconds_per_run")
@@ -247,8 +247,7 @@ def main() -> None:
                                 for r in sweep.results[1])):
                     queue += sweep.jobs(2, deadline)
                 text = "\n\n".join(s.text() for s in sweeps)
-                atomic_write(out / "sweep.md",
-                             lambda tmp, text=text: Path(tmp).write_text(text + "\n"))
+                write_text(out / "sweep.md", text + "\n")
     print(text)
 
 

@@ -344,7 +344,7 @@ class ConstantPolicy(PlanningPolicy):
     """The same control at every step (collides on ObstacleNav from most starts)."""
 
     def __init__(self, env_id, control):
-        super().__init__(make_problem(env_id))
+        super().__init__(make_problem(env_id), env_id)
         self.control = np.asarray(control, dtype=np.float64)
 
     def plan(self, x0, target):

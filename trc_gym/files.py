@@ -72,10 +72,14 @@ def atomic_directory(path: str | Path, fill: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """``text`` to ``path``, atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """``data`` as indented JSON, atomically (numpy values become lists and numbers)."""
-    text = json.dumps(data, indent=1, default=_json_default)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_text(path, json.dumps(data, indent=1, default=_json_default))
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:

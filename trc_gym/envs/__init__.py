@@ -20,6 +20,12 @@ ENV_ENTRY_POINTS: dict[str, str] = {
 }
 
 
+def env_name(env_id: str) -> str:
+    """``TRC-DoubleIntegrator-v0`` -> ``DoubleIntegrator``: the stem of an env's run folders
+    and files."""
+    return env_id.removeprefix("TRC-").removesuffix("-v0")
+
+
 def register_envs() -> None:
     for env_id, entry_point in ENV_ENTRY_POINTS.items():
         if env_id not in gym.registry:
