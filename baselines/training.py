@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from gymnasium.wrappers import RescaleAction, TransformReward
 from stable_baselines3.common.callbacks import BaseCallback
@@ -66,7 +67,7 @@ def training_wrappers(env: gym.Env, reward_scale: float = 1.0) -> gym.Env:
     """Actions in ``[-1, 1]^m``, and rewards times ``reward_scale`` (training only)."""
     if not (reward_scale > 0 and reward_scale < float("inf")):
         raise ValueError(f"reward_scale must be a positive number, got {reward_scale}")
-    env = RescaleAction(env, -1.0, 1.0)
+    env = RescaleAction(env, np.float32(-1.0), np.float32(1.0))  # as `unit_action_map`
     if reward_scale != 1.0:
         env = TransformReward(env, functools.partial(operator.mul, float(reward_scale)))
     return env

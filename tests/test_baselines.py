@@ -241,3 +241,16 @@ def test_compare_script_smoke_run(tmp_path):
     assert (tmp_path / "cache" / DI / "ppo" / "best" / "model.zip").stat().st_mtime == before
     again = json.loads((tmp_path / "out" / "DoubleIntegrator.json").read_text())
     assert again["results"]["PPO"]["mean_cost"] == record["results"]["PPO"]["mean_cost"]
+
+
+@pytest.mark.parametrize("env_id", ["TRC-Quadrotor2D-v0", "TRC-Rocket-v0"])
+def test_the_agent_maps_actions_exactly_as_its_training_env_did(env_id):
+    """SB3 acts on [-1, 1]^m; the agent's map back to physical units is the training wrapper's
+    own, bit for bit (bounds that are not symmetric powers of two round in float32)."""
+    from baselines.agent import unit_action_map
+
+    env = training_wrappers(gym.make(env_id))
+    problem = env.unwrapped.problem
+    unit = np.random.default_rng(0).uniform(-1, 1, (200, problem.n_control)).astype(np.float32)
+    to_physical = unit_action_map(problem.u_low, problem.u_high)
+    np.testing.assert_array_equal(np.stack([env.action(a) for a in unit]), to_physical(unit))
