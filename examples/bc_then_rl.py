@@ -64,6 +64,9 @@ class JobConfig:
     """The planner's refinement steps K."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
+    compile: bool = True
+    """Simulate the planner's plans with the compiled step on nonlinear envs (the same plans,
+    many times faster; compiled once per env and cached; see trc_gym.compiled_rollout)."""
     data: DataConfig = field(default_factory=DataConfig)
     bc: BCConfig = field(default_factory=BCConfig)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
@@ -134,9 +137,17 @@ def run(config: JobConfig, command: str = "") -> dict:
         datasets.save(data, data_path)
     timings["data_seconds"] = time.perf_counter() - start
 
+    def load(path: Path, receding_horizon: bool = False) -> TRCPolicy:
+        planner = load_policy(path, receding_horizon=receding_horizon)
+        if config.compile:
+            planner.compile()
+        return planner
+
     # 2. Behaviour cloning.
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps)
+    if config.compile:
+        policy.compile()
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",
                           progress=progress)
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start
@@ -144,7 +155,7 @@ def run(config: JobConfig, command: str = "") -> dict:
 
     # 3. GRPO fine-tuning of a copy of the cloned planner.
     start = time.perf_counter()
-    tuned = load_policy(out / "trc_bc.pt")
+    tuned = load(out / "trc_bc.pt")
     rl_history = finetune(tuned, rl_config, run_dir=out / "trc_rl.run", progress=progress)
     tuned.metadata["rl_seconds"] = timings["rl_seconds"] = time.perf_counter() - start
     tuned.save(out / "trc_rl.pt")
@@ -160,10 +171,10 @@ def run(config: JobConfig, command: str = "") -> dict:
         timings["ppo_seconds"] = ppo.info["train_seconds"]
 
     # 5. Everything on the same held-out starts, with the one evaluation.
-    policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load_policy(out / "trc_bc.pt"),
-                "TRC fine-tuned": load_policy(out / "trc_rl.pt"),
-                CLONED_MPC: load_policy(out / "trc_bc.pt", receding_horizon=True),
-                MPC: load_policy(out / "trc_rl.pt", receding_horizon=True)}
+    policies = {"expert": ExpertPolicy(env_id), "TRC cloned": load(out / "trc_bc.pt"),
+                "TRC fine-tuned": load(out / "trc_rl.pt"),
+                CLONED_MPC: load(out / "trc_bc.pt", receding_horizon=True),
+                MPC: load(out / "trc_rl.pt", receding_horizon=True)}
     if ppo is not None:
         policies["PPO"] = ppo
     policies.update({"random": RandomPolicy(env_id, seed=seed), "zero": ZeroPolicy(env_id)})

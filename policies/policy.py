@@ -18,8 +18,10 @@ import torch
 
 from policies.model import TinyRecursiveControl, TRCConfig
 from policies.training import atomic_torch_save
+from trc_gym.compiled_rollout import compile_rollout
 from trc_gym.envs import make_problem
 from trc_gym.planning_policy import PlanningPolicy
+from trc_gym.problem import LinearProblem
 
 FORMAT = "trc-policy-v1"
 
@@ -41,6 +43,17 @@ class TRCPolicy(PlanningPolicy):
         problem = make_problem(env_id, **(env_kwargs or {}))
         return cls(TinyRecursiveControl.from_preset(problem, size, **overrides), env_id,
                    env_kwargs, metadata={"size": size})
+
+    def compile(self, float64: bool = False) -> bool:
+        """Simulate plans with the problem's compiled step (`trc_gym.compiled_rollout`): the
+        same plans, many times faster on nonlinear problems; compiled once per problem and
+        cached on disk. ``float64``: the problem's float64 rollouts (costs of sampled plans,
+        evaluation) too. Returns whether it is in use (False where compiling is unavailable
+        or the rollout is already one product, on linear problems)."""
+        if isinstance(self.problem, LinearProblem) and not self.problem.has_failure_states:
+            return False
+        dtypes = (torch.float32, torch.float64) if float64 else (torch.float32,)
+        return all(compile_rollout(self.problem, dtype) is not None for dtype in dtypes)
 
     @property
     def n_parameters(self) -> int:
@@ -86,7 +99,8 @@ class TRCPolicy(PlanningPolicy):
         model's parameters in place, so training between calls shows; it is traced again if
         they are replaced. `torch.jit.trace` is deprecated; where it fails, the model runs as
         it is."""
-        key = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+        key = (*(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers())),
+               bool(self.problem.fast_rollouts))
         if self._trace is None or self._trace[0] != key:
             try:
                 with warnings.catch_warnings():

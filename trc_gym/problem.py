@@ -63,6 +63,9 @@ class ControlProblem:
         if np.any(self.u_low >= self.u_high):
             raise ValueError(f"{self.name}: empty control bound")
         self._torch_constants: dict[tuple, dict[str, Tensor]] = {}
+        # Faster rollouts with the same results, by dtype, where they are set up
+        # (`trc_gym.compiled_rollout.compile_rollout`); otherwise the eager loop below.
+        self.fast_rollouts: dict[torch.dtype, Callable[[Tensor, Tensor, bool], Tensor]] = {}
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -116,9 +119,10 @@ class ControlProblem:
         """``x - x*`` as the cost sees it (problems with angles wrap them here)."""
         return x - target
 
-    def failure_torch(self, x: Tensor, step: int) -> Tensor | None:
-        """Whether each state ``x [B, n]``, reached after ``step`` steps (1..N), ends the
-        episode as a failure (a collision, a crash): bool ``[B]``. The env then terminates with
+    def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor | None:
+        """Whether each state ``x [..., n]``, reached after ``step`` steps (1..N; an int, or a
+        tensor broadcast against ``x``'s leading dims), ends the episode as a failure (a
+        collision, a crash): bool ``[...]``. The env then terminates with
         the terminal cost of that state plus ``failure_penalty``, and the batched rollout
         freezes the trajectory there. Default ``None``: no failure states (episodes always run
         N steps)."""
@@ -135,6 +139,9 @@ class ControlProblem:
         On problems with failure states a trajectory that fails stays at its failing state for
         the rest of the horizon (the env ends the episode there), unless ``terminate=False``:
         then the dynamics run on regardless (the smooth trajectory a solver differentiates)."""
+        fast = self.fast_rollouts.get(x0.dtype)
+        if fast is not None and U.shape[1] == self.horizon and U.dtype == x0.dtype:
+            return fast(x0, U, terminate)
         states = [x0]
         dead = None  # [B] bool: failed at or before the latest state
         for k in range(U.shape[1]):
@@ -151,10 +158,11 @@ class ControlProblem:
     def failed_by_torch(self, states: Tensor) -> Tensor | None:
         """``dead [B, N+1]``: whether each trajectory has failed at or before each state
         (``dead[:, 0]`` is False: the start never counts); ``None`` without failure states."""
-        flags = [self.failure_torch(states[:, j], j) for j in range(1, states.shape[1])]
-        if not flags or flags[0] is None:
+        if not self.has_failure_states:
             return None
-        dead = torch.cumsum(torch.stack(flags, dim=1).to(torch.int64), dim=1) > 0
+        steps = torch.arange(1, states.shape[1], device=states.device)
+        flags = self.failure_torch(states[:, 1:], steps)  # every state at once: [B, N]
+        dead = torch.cumsum(flags.to(torch.int64), dim=1) > 0
         return torch.cat([torch.zeros_like(dead[:, :1]), dead], dim=1)
 
     def cost_terms_torch(self, states: Tensor, target: Tensor, U: Tensor) -> dict[str, Tensor]:

@@ -131,7 +131,7 @@ class ObstacleNavProblem(LinearProblem):
         diff = positions[..., None, :] - obs[:, :2]
         return torch.sqrt((diff * diff).sum(-1) + 1e-12) - obs[:, 2]
 
-    def failure_torch(self, x: Tensor, step: int) -> Tensor:
+    def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor:
         """A collision: inside any obstacle."""
         return (self.clearance_torch(x[..., :2]) < 0.0).any(-1)
 

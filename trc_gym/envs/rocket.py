@@ -133,10 +133,9 @@ class RocketProblem(ControlProblem):
         err = x - target
         return torch.cat([err[..., :6], torch.zeros_like(err[..., 6:])], dim=-1)  # mass is free
 
-    def failure_torch(self, x: Tensor, step: int) -> Tensor:
+    def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor:
         """A crash: below the ground before the last step (the last is judged by success)."""
-        below = x[..., 2] < 0.0
-        return below if step < self.horizon else torch.zeros_like(below)
+        return (x[..., 2] < 0.0) & (step < self.horizon)
 
     # ------------------------------------------------------------------ outcomes
     def success(self, states: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -1,0 +1,136 @@
+"""How fast the planner simulates its plans: the eager rollout against the compiled one
+(`trc_gym.compiled_rollout`), on every registered env, each pair timed in turn in one run so
+that their ratio holds while the machine's speed drifts.
+
+    python examples/benchmark_speed.py                  # every env; writes docs/speed.md (table)
+    python examples/benchmark_speed.py --envs TRC-VanDerPol-v0 --out /tmp/speed.md
+
+Per env, for the small planner (untrained: the time does not depend on the weights):
+- batch-1 plan latency, eager and compiled, and their ratio;
+- one MPC step (``predict`` replanning from the observation) as a fraction of the env's dt;
+- the expert's batch-1 plan time, and how many times faster the compiled planner is;
+- one cloning step (loss, backward, optimizer step) at batch 512 with and without the cost
+  term, eager and compiled;
+- GRPO's simulated env steps per second (the cost of 256 x 32 sampled plans, float64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import trc_gym
+from baselines import ExpertPolicy
+from policies import TRCPolicy
+from policies.bc import bc_loss
+from trc_gym.evaluation import format_table, plan_latencies_ms
+from trc_gym.files import write_text
+from trc_gym.threads import one_thread
+
+COLUMNS = ("ms_per_plan_eager", "ms_per_plan_compiled", "speedup", "mpc_step_dt",
+           "expert_ms_per_plan", "vs_expert_compiled", "bc_step_ms_eager", "bc_step_ms",
+           "bc_cost_step_ms_eager", "bc_cost_step_ms", "grpo_steps_per_s_eager",
+           "grpo_steps_per_s")
+
+
+def alternate(calls: dict[str, callable], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, timed in turn ``repeats`` times after one warm-up each."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def cloning_step(policy: TRCPolicy, batch: tuple, cost_weight: float):
+    """One cloning step: loss on every iterate, backward, AdamW step."""
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-9)
+    scale = float(batch[3].mean())
+
+    def step() -> None:
+        loss, _ = bc_loss(policy, *batch, scale, cost_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def measure(env_id: str, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    eager = TRCPolicy.create(env_id, "small")
+    fast = TRCPolicy.create(env_id, "small")
+    fast.model.load_state_dict(eager.model.state_dict())
+    start = time.perf_counter()
+    compiled = fast.compile()
+    row: dict[str, float] = {"compile_seconds": time.perf_counter() - start}
+    problem = eager.problem
+    x0, target = trc_gym.held_out_starts(env_id, 512, seed=7)
+    expert = ExpertPolicy(env_id)
+
+    latency = plan_latencies_ms({"eager": eager, "fast": fast}, x0[:10 * repeats],
+                                target[:10 * repeats])
+    row["ms_per_plan_eager"], row["ms_per_plan_compiled"] = latency["eager"], latency["fast"]
+    row["speedup"] = latency["eager"] / latency["fast"]
+    expert_ms = plan_latencies_ms({"expert": expert, "fast": fast}, x0[:3], target[:3], block=1)
+    row["expert_ms_per_plan"] = expert_ms["expert"]
+    row["vs_expert_compiled"] = expert_ms["expert"] / expert_ms["fast"]
+
+    mpc = TRCPolicy(fast.model, env_id, receding_horizon=True)
+    obs = trc_gym.envs.base.observations(problem, x0[:1], target[:1], 0)[0]
+    row["mpc_step_dt"] = alternate({"mpc": lambda: mpc.predict(obs)}, 10 * repeats)["mpc"] \
+        / problem.dt
+
+    demo = np.clip(np.zeros((len(x0), problem.horizon, problem.n_control)), problem.u_low,
+                   problem.u_high)  # any plan: the time does not depend on it
+    tensors = [torch.as_tensor(a, dtype=torch.float32) for a in
+               (x0, target, demo, problem.cost(x0, target, demo))]
+    for name, weight in (("bc_step_ms", 0.0), ("bc_cost_step_ms", 1.0)):
+        times = alternate({"eager": cloning_step(eager, tensors, weight),
+                           "fast": cloning_step(fast, tensors, weight)}, repeats)
+        row[f"{name}_eager"], row[name] = 1000 * times["eager"], 1000 * times["fast"]
+
+    B, G = 256, 32
+    plans = np.clip(np.random.default_rng(0).normal(0, 0.3, (B * G, problem.horizon,
+                                                             problem.n_control)),
+                    problem.u_low, problem.u_high)
+    starts, goals = np.repeat(x0[:B], G, axis=0), np.repeat(target[:B], G, axis=0)
+    fast_problem = fast.problem
+    times = alternate({"eager": lambda: problem.cost(starts, goals, plans),
+                       "fast": lambda: fast_problem.cost(starts, goals, plans)}, repeats)
+    row["grpo_steps_per_s_eager"] = B * G * problem.horizon / times["eager"]
+    row["grpo_steps_per_s"] = B * G * problem.horizon / times["fast"]
+    row["compiled"] = compiled
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=list(trc_gym.ENV_IDS),
+                        choices=trc_gym.ENV_IDS)
+    parser.add_argument("--repeats", type=int, default=5, help="timings per measurement")
+    parser.add_argument("--out", type=Path, default=Path("docs/speed.md"))
+    args = parser.parse_args()
+    rows = {}
+    with one_thread():
+        for env_id in args.envs:
+            rows[env_id] = measure(env_id, args.repeats)
+            print(env_id, {k: round(v, 3) for k, v in rows[env_id].items()}, flush=True)
+    command = "python examples/benchmark_speed.py " + " ".join(
+        f"--envs {' '.join(args.envs)}".split() if args.envs != list(trc_gym.ENV_IDS) else [])
+    text = (f"Produced by `{command.strip()}` (one torch thread; each pair timed in turn).\n\n"
+            + format_table(rows, columns=COLUMNS, first="env") + "\n")
+    print("\n" + text)
+    write_text(args.out, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The compiled rollout is the eager rollout, faster: on every env whose rollout is a loop, the
+same states, costs, plans and gradients, at batch 1 and batched (float32 everywhere, float64 on
+Van der Pol). Compiling takes about a minute per env on a fresh machine (then it is cached), so
+the default run checks an env without and one with trigonometric dynamics, and the slow run
+(``make test-all``) every env."""
+
+import numpy as np
+import pytest
+import torch
+
+import trc_gym
+from policies import TRCPolicy
+from trc_gym.compiled_rollout import CompiledRollout, compile_rollout, problem_key
+
+DEFAULT_RUN = ("TRC-VanDerPol-v0", "TRC-CartPole-v0")
+LOOPED = [pytest.param(env_id, marks=() if env_id in DEFAULT_RUN else pytest.mark.slow)
+          for env_id in trc_gym.ENV_IDS if env_id != "TRC-DoubleIntegrator-v0"]
+
+
+@pytest.fixture(scope="module", params=LOOPED)
+def env_id(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def pair(env_id):
+    """An eager planner and a compiled one with the same weights."""
+    torch.manual_seed(0)
+    eager = TRCPolicy.create(env_id, "small")
+    fast = TRCPolicy.create(env_id, "small")
+    fast.model.load_state_dict(eager.model.state_dict())
+    assert fast.compile(float64=env_id == "TRC-VanDerPol-v0")
+    return eager, fast
+
+
+def random_plans(problem, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x0 = problem.sample_initial_states(rng, batch)
+    U = rng.uniform(problem.u_low, problem.u_high, (batch, problem.horizon, problem.n_control))
+    return x0, problem.sample_targets(rng, batch), U
+
+
+@pytest.mark.parametrize("batch", [1, 37])
+def test_states_and_costs_equal_the_eager_rollouts(pair, batch):
+    eager, fast = pair
+    x0, target, U = random_plans(eager.problem, batch)
+    for dtype in (torch.float32, torch.float64):
+        x, u = (torch.as_tensor(a, dtype=dtype) for a in (x0, U))
+        for terminate in (True, False):
+            with torch.no_grad():
+                expected = eager.problem.rollout_torch(x, u, terminate)
+                got = fast.problem.rollout_torch(x, u, terminate)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    np.testing.assert_array_equal(fast.problem.cost(x0, target, U),
+                                  eager.problem.cost(x0, target, U))
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_plans_equal_the_eager_planners(pair, batch, env_id):
+    eager, fast = pair
+    x0, target = trc_gym.held_out_starts(env_id, batch)
+    np.testing.assert_array_equal(fast.plan(x0, target), eager.plan(x0, target))
+    mpc_eager = TRCPolicy(eager.model, env_id, receding_horizon=True)
+    mpc_fast = TRCPolicy(fast.model, env_id, receding_horizon=True)
+    obs = trc_gym.envs.base.observations(eager.problem, x0, target, 3)
+    np.testing.assert_array_equal(mpc_fast.predict(obs)[0], mpc_eager.predict(obs)[0])
+
+
+def test_gradients_equal_the_eager_backward_pass(pair):
+    """Cloning's cost term and fine-tuning's exact gradient backpropagate through the compiled
+    rollout (its adjoint); the gradients match eager autograd to float rounding."""
+    eager, fast = pair
+    x0, target, U = random_plans(eager.problem, 5, seed=1)
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in (x0, target))
+    grads = []
+    for policy in (eager, fast):
+        policy.model.zero_grad()
+        plans = policy.model(x0, target, gradient="exact")["controls"]
+        policy.problem.cost_torch(x0, target, plans).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.model.parameters()
+                                if p.grad is not None]))
+        u = torch.as_tensor(U, dtype=torch.float32, device="cpu").requires_grad_()
+        policy.problem.cost_torch(x0, target, u).sum().backward()
+        grads.append(u.grad)
+    torch.testing.assert_close(grads[2], grads[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[3], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_compiled_step_is_cached_on_disk(env_id, pair, monkeypatch):
+    """A second problem of the same env loads the compiled step from disk, compiling nothing;
+    other parameters mean another file."""
+    _, fast = pair
+    rollout = fast.problem.fast_rollouts[torch.float32]
+
+    def compile_again(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_again)
+    again = CompiledRollout(trc_gym.make_problem(env_id))
+    assert again.key == rollout.key
+    x0, _, U = random_plans(fast.problem, 3)
+    x, u = (torch.as_tensor(a, dtype=torch.float32) for a in (x0, U))
+    torch.testing.assert_close(again.smooth(x, u), rollout.smooth(x, u), rtol=0, atol=0)
+    if env_id == "TRC-VanDerPol-v0":
+        changed = trc_gym.make_problem(env_id, random_target=True)
+        assert problem_key(changed, rollout.chunk, torch.float32) != rollout.key
+
+
+def test_without_a_compiler_the_eager_rollout_stays(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRC_CACHE_DIR", str(tmp_path))
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    monkeypatch.setattr(trc_gym.compiled_rollout, "_warned", False)
+    problem = trc_gym.make_problem("TRC-Pendulum-v0")
+    with pytest.warns(UserWarning, match="no C.. compiler"):
+        assert compile_rollout(problem) is None
+    assert problem.fast_rollouts == {} and list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        CompiledRollout(problem)
