@@ -37,6 +37,42 @@ COLUMNS = ("ms_per_plan_eager", "ms_per_plan_compiled", "speedup", "mpc_step_dt"
            "grpo_steps_per_s")
 
 
+PAGE_HEAD = """# Planning speed: the compiled rollout
+
+Each refinement step of the planner simulates its own plan. On a nonlinear problem that is N
+steps of RK4, a few dozen tiny torch operations each, and in eager torch the per-operation
+overhead sets the speed. `planner.compile()` (`trc_gym.compiled_rollout`) exports the problem's
+own `step_torch` for 10 steps at a time and compiles it with AOTInductor: one build for a single
+start (buffers on the stack) and one for any batch. The plans are the eager planner's bit for
+bit (`tests/test_compiled_rollout.py`); compiling takes 35 to 65 s per env once, and later
+processes load the cached builds in under a second (`TRC_CACHE_DIR`, default
+`~/.cache/trc_gym`). The main job compiles on nonlinear envs (`--no-compile` turns it off).
+
+Columns: the small planner's batch-1 plan, eager and compiled, and their ratio; one MPC step
+(`predict` replanning from an observation) as a share of the env's dt; the expert's batch-1 plan
+and how many times the compiled planner is faster; one cloning step (loss, backward, AdamW) at
+batch 512 without and with the true-cost term; GRPO's simulated env steps per second (float64
+costs of 256 x 32 sampled plans, not compiled). The double integrator's rollout is one matrix
+product and is not compiled: its two planners are the same, and their ratio shows how much the
+machine's speed drifts between timings.
+
+"""
+PAGE_NOTES = """
+What sets the remaining time:
+- **The floor of a batch-1 plan, about 2.5 ms:** the network (the traced graph plans the double
+  integrator, whose rollout is one product, in about 1.1 ms), three compiled rollouts of 10 calls
+  each, and the error features.
+- **Trigonometric dynamics (Pendulum, CartPole, Quadrotor2D):** sin and cos are ATen's own
+  kernels, called from the compiled code through AOTInductor's proxy executor, 10 to 20 us per
+  call. Inductor's own sin rounds differently in the last bit, and an unstable system amplifies
+  that into plans that differ by percent; a C shim for `aten::sin`/`aten::cos`, or a bit-exact
+  sin in the generated code, would remove the cost.
+- **Cloning with the cost term:** the backward pass through the rollout recomputes each chunk in
+  eager torch (the adjoint); only the forward passes are compiled. Exporting `torch.func.vjp` of
+  a chunk fails in `torch.export`; the backward graph from AOTAutograd is the way to compile it.
+"""
+
+
 def alternate(calls: dict[str, callable], repeats: int) -> dict[str, float]:
     """Median seconds of each call, timed in turn ``repeats`` times after one warm-up each."""
     for call in calls.values():
@@ -126,8 +162,9 @@ def main() -> None:
             print(env_id, {k: round(v, 3) for k, v in rows[env_id].items()}, flush=True)
     command = "python examples/benchmark_speed.py " + " ".join(
         f"--envs {' '.join(args.envs)}".split() if args.envs != list(trc_gym.ENV_IDS) else [])
-    text = (f"Produced by `{command.strip()}` (one torch thread; each pair timed in turn).\n\n"
-            + format_table(rows, columns=COLUMNS, first="env") + "\n")
+    text = (PAGE_HEAD + f"Produced by `{command.strip()}` (one torch thread; each pair timed "
+            f"in turn).\n\n" + format_table(rows, columns=COLUMNS, first="env") + "\n"
+            + PAGE_NOTES)
     print("\n" + text)
     write_text(args.out, text)
 

@@ -82,8 +82,9 @@ def test_gradients_equal_the_eager_backward_pass(pair):
         u = torch.as_tensor(U, dtype=torch.float32, device="cpu").requires_grad_()
         policy.problem.cost_torch(x0, target, u).sum().backward()
         grads.append(u.grad)
-    torch.testing.assert_close(grads[2], grads[0], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(grads[3], grads[1], rtol=1e-4, atol=1e-6)
+    for fast_grad, eager_grad in ((grads[2], grads[0]), (grads[3], grads[1])):
+        # Float32 sums in another order: equal to rounding relative to the gradient's size.
+        assert float((fast_grad - eager_grad).norm() / eager_grad.norm()) < 1e-5
 
 
 def test_the_compiled_step_is_cached_on_disk(env_id, pair, monkeypatch):
