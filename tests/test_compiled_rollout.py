@@ -1,6 +1,6 @@
 """The compiled rollout is the eager rollout, faster: on every env whose rollout is a loop, the
 same states, costs, plans and gradients, at batch 1 and batched (float32 everywhere, float64 on
-Van der Pol). Compiling takes about a minute per env on a fresh machine (then it is cached), so
+Rocket). Compiling takes about a minute per env on a fresh machine (then it is cached), so
 the default run checks an env without and one with trigonometric dynamics, and the slow run
 (``make test-all``) every env."""
 
@@ -29,7 +29,7 @@ def pair(env_id):
     eager = TRCPolicy.create(env_id, "small")
     fast = TRCPolicy.create(env_id, "small")
     fast.model.load_state_dict(eager.model.state_dict())
-    assert fast.compile(float64=env_id == "TRC-VanDerPol-v0")
+    assert fast.compile(float64=env_id == "TRC-Rocket-v0")
     return eager, fast
 
 

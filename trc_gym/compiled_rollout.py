@@ -7,10 +7,10 @@ exported for ``chunk`` steps at a time (`torch.export`, batch size free) and com
 AOTInductor into a shared library, whose call costs microseconds; a rollout is N / chunk such
 calls. The plans are the eager rollout's bit for bit on CPU (tests check every env).
 
-- Compiling takes 30 to 60 s per problem and dtype; the packages are cached on disk
+- Compiling takes 35 to 65 s per problem and dtype; the packages are cached on disk
   (``TRC_CACHE_DIR``, default ``~/.cache/trc_gym``), keyed by the problem's source, parameters
   and torch version, so later processes load them in well under a second.
-- It needs a C++ compiler; where compiling fails, `compiled_rollout` warns once and returns
+- It needs a C++ compiler; where compiling fails, `compile_rollout` warns once and returns
   None, and the problem keeps its eager rollout (the reference).
 - Failure states (a crash, a collision) are applied after the smooth rollout: a trajectory is
   frozen at its first failing state, exactly as the stepped rollout freezes it.
