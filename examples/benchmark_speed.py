@@ -44,6 +44,7 @@ steps of RK4, a few dozen tiny torch operations each, and in eager torch the per
 overhead sets the speed. `planner.compile()` (`trc_gym.compiled_rollout`) exports the problem's
 own `step_torch` for 10 steps at a time and compiles it with AOTInductor: one build for a single
 start (buffers on the stack) and one for any batch. The plans are the eager planner's bit for
+bit, and the states too but for Rocket's batched build, whose thrust norm may differ in the last
 bit (`tests/test_compiled_rollout.py`); compiling takes 35 to 65 s per env once, and later
 processes load the cached builds in under a second (`TRC_CACHE_DIR`, default
 `~/.cache/trc_gym`). The main job compiles on nonlinear envs (`--no-compile` turns it off).
