@@ -34,7 +34,7 @@ class TRCPolicy(PlanningPolicy):
         super().__init__(model.problem, env_id, env_kwargs, receding_horizon)
         self.model = model.eval()
         self.metadata = dict(metadata or {})
-        self._trace: tuple[tuple, torch.nn.Module] | None = None  # (weights' key, graph)
+        self._trace: tuple[list, tuple, torch.nn.Module] | None = None  # see _traced_model
 
     @classmethod
     def create(cls, env_id: str, size: str = "small", env_kwargs: dict | None = None,
@@ -97,20 +97,26 @@ class TRCPolicy(PlanningPolicy):
         same operations and kernels, so the same plans bit for bit (tests check it), without
         the Python and module-call overhead that dominates a batch-1 plan. The graph reads the
         model's parameters in place, so training between calls shows; it is traced again if
-        they are replaced. `torch.jit.trace` is deprecated; where it fails, the model runs as
-        it is."""
-        key = (*(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers())),
-               bool(self.problem.fast_rollouts))
-        if self._trace is None or self._trace[0] != key:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the deprecation and tracer notices
-                    traced = torch.jit.trace(_Iterates(self.model), (x0, target),
-                                             check_trace=False)
-            except (AttributeError, RuntimeError):
-                traced = _Iterates(self.model)
-            self._trace = (key, traced)
-        return self._trace[1]
+        a parameter, buffer or submodule is replaced, or the problem's rollout changes. `torch.jit.trace` is deprecated;
+        where it fails, the model runs as it is."""
+        rollouts = tuple(self.problem.fast_rollouts)
+        if self._trace is not None:
+            bound, traced_rollouts, traced = self._trace
+            # Checking the traced tensors are still the model's is cheaper than listing them.
+            if traced_rollouts == rollouts and all(
+                    slots[name] is tensor for slots, name, tensor in bound):
+                return traced
+        bound = [(slots, name, tensor) for module in self.model.modules()
+                 for slots in (module._parameters, module._buffers, module._modules)
+                 for name, tensor in slots.items() if tensor is not None]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the deprecation and tracer notices
+                traced = torch.jit.trace(_Iterates(self.model), (x0, target), check_trace=False)
+        except (AttributeError, RuntimeError):
+            traced = _Iterates(self.model)
+        self._trace = (bound, rollouts, traced)
+        return traced
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict:

@@ -1,8 +1,11 @@
 """The compiled rollout is the eager rollout, faster: on every env whose rollout is a loop, the
 same states, costs, plans and gradients, at batch 1 and batched (float32 everywhere, float64 on
 Rocket). Compiling takes about a minute per env on a fresh machine (then it is cached), so
-the default run checks an env without and one with trigonometric dynamics, and the slow run
-(``make test-all``) every env."""
+the default run checks an env without and one with trigonometric dynamics (its gradient, whose
+compiled VJP takes two more minutes, in the slow run), and the slow run (``make test-all``)
+every env."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -13,8 +16,15 @@ from policies import TRCPolicy
 from trc_gym.compiled_rollout import CompiledRollout, compile_rollout, problem_key
 
 DEFAULT_RUN = ("TRC-VanDerPol-v0", "TRC-CartPole-v0")
-LOOPED = [pytest.param(env_id, marks=() if env_id in DEFAULT_RUN else pytest.mark.slow)
-          for env_id in trc_gym.ENV_IDS if env_id != "TRC-DoubleIntegrator-v0"]
+
+
+def looped(default_run: tuple[str, ...]) -> list:
+    """Every env whose rollout is a loop; those outside ``default_run`` marked slow."""
+    return [pytest.param(env_id, marks=() if env_id in default_run else pytest.mark.slow)
+            for env_id in trc_gym.ENV_IDS if env_id != "TRC-DoubleIntegrator-v0"]
+
+
+LOOPED = looped(DEFAULT_RUN)
 
 
 @pytest.fixture(scope="module", params=LOOPED)
@@ -67,13 +77,19 @@ def test_plans_equal_the_eager_planners(pair, batch, env_id):
     np.testing.assert_array_equal(mpc_fast.predict(obs)[0], mpc_eager.predict(obs)[0])
 
 
+@pytest.mark.parametrize("env_id", looped(DEFAULT_RUN[:1]), indirect=True)
 def test_gradients_equal_the_eager_backward_pass(pair):
     """Cloning's cost term and fine-tuning's exact gradient backpropagate through the compiled
-    rollout (its adjoint); the gradients match eager autograd to float rounding."""
+    rollout (the adjoint, by compiled chunk VJPs); the gradients match eager autograd to float
+    rounding, and the compiled VJP is in use."""
     eager, fast = pair
     x0, target, U = random_plans(eager.problem, 5, seed=1)
     x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in (x0, target))
     grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast.problem.fast_rollouts[torch.float32].vjp()
+    assert not [w for w in caught if "gradient unavailable" in str(w.message)]
     for policy in (eager, fast):
         policy.model.zero_grad()
         plans = policy.model(x0, target, gradient="exact")["controls"]
@@ -105,7 +121,7 @@ def test_the_compiled_step_is_cached_on_disk(env_id, pair, monkeypatch):
     torch.testing.assert_close(again.smooth(x, u), rollout.smooth(x, u), rtol=0, atol=0)
     if env_id == "TRC-VanDerPol-v0":
         changed = trc_gym.make_problem(env_id, random_target=True)
-        assert problem_key(changed, rollout.chunk, torch.float32) != rollout.key
+        assert problem_key(changed, torch.float32) != rollout.key
 
 
 def test_without_a_compiler_the_eager_rollout_stays(monkeypatch, tmp_path):

@@ -127,6 +127,8 @@ def test_plan_follows_weights_changed_in_place_or_replaced():
     policy.model.load_state_dict(TRCPolicy.create(DI, "small").model.state_dict())
     policy.model.control_decoder[-1].bias = torch.nn.Parameter(torch.ones(15))  # replaced
     np.testing.assert_array_equal(policy.plan(x0, target), eager_iterates(policy, x0, target)[-1])
+    policy.model.control_decoder[-1] = torch.nn.Linear(192, 15)  # a submodule replaced
+    np.testing.assert_array_equal(policy.plan(x0, target), eager_iterates(policy, x0, target)[-1])
 
 
 @pytest.mark.parametrize("env_id", [DI, "TRC-VanDerPol-v0"])

@@ -3,12 +3,15 @@
 A rollout of a nonlinear problem is N steps of a few dozen tiny torch operations each, so in
 eager torch the per-operation overhead sets its speed (about 30 ms for 100 RK4 steps at batch
 1). Here the problem's `step_torch` (the same code, not a second copy of the equations) is
-exported for ``chunk`` steps at a time (`torch.export`, batch size free) and compiled by
-AOTInductor into a shared library, whose call costs microseconds; a rollout is N / chunk such
-calls. The states are the eager rollout's bit for bit on CPU (tests check every env), but for
-Rocket's batched build, whose thrust norm may differ in the last bits (relative 1e-7 to 1e-6).
+exported for a chunk of steps (`torch.export`) and compiled by AOTInductor into a shared
+library, whose call costs microseconds; a rollout is a few such calls. There are two builds:
+one for a single start (a plan for one robot, MPC; 20 to 25 steps a call, buffers on the
+stack) and one for any batch size (10 steps a call). The states are the eager rollout's bit for
+bit on CPU (tests check every env), but for Rocket's batched build, whose thrust norm may
+differ in the last bits (relative 1e-7 to 1e-6): the transcendental functions are computed as
+eager torch computes them (see `MKL_FUNCTIONS`).
 
-- Compiling takes 35 to 65 s per problem and dtype; the packages are cached on disk
+- Compiling takes 15 to 60 s per problem, dtype and build; the packages are cached on disk
   (``TRC_CACHE_DIR``, default ``~/.cache/trc_gym``), keyed by the problem's source, parameters
   and torch version, so later processes load them in well under a second.
 - It needs a C++ compiler; where compiling fails, `compile_rollout` warns once and returns
@@ -16,8 +19,10 @@ Rocket's batched build, whose thrust norm may differ in the last bits (relative 
 - Failure states (a crash, a collision) are applied after the smooth rollout: a trajectory is
   frozen at its first failing state, exactly as the stepped rollout freezes it.
 - Gradients flow through it (fine-tuning's exact gradient, cloning's cost term): the backward
-  pass recomputes each chunk in eager torch from its saved start and backpropagates through
-  it, last chunk first (the adjoint of the rollout).
+  pass is the adjoint of the rollout, chunk by chunk, last first. Each chunk's vector-Jacobian
+  product (its forward recomputed from the saved start, then its backward) is traced into
+  ATen operations (`make_fx` of `torch.func.vjp`) and compiled the same way, on the first
+  backward pass; where that fails, the chunk is differentiated by eager autograd.
 """
 
 from __future__ import annotations
@@ -28,16 +33,20 @@ import hashlib
 import inspect
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from trc_gym.problem import ControlProblem
 
-CHUNK = 10  # steps per compiled call: longer chunks compile superlinearly longer
+# Steps per compiled call. A call costs about 3 us beside its steps, a single start's step about
+# 1 us, so its build takes longer chunks (fewer calls); batched and VJP builds, whose steps cost
+# more and whose compile time grows faster with the chunk, take shorter ones.
+SINGLE_CHUNK, CHUNK = 25, 10
 _ROLLOUTS: dict[str, CompiledRollout] = {}  # by key, for the custom op below
 
 
@@ -60,49 +69,90 @@ class _Chunk(torch.nn.Module):
         return torch.stack(states, dim=1)
 
 
+class _ChunkVJP(torch.nn.Module):
+    """The chunk's vector-Jacobian product as a graph of ATen operations:
+    ``x [B, n], U [B, chunk, m], grad [B, chunk, n] -> (dL/dx [B, n], dL/dU [B, chunk, m])``
+    for ``grad = dL/d(states)``."""
+
+    def __init__(self, chunk: _Chunk, example: tuple[Tensor, Tensor, Tensor]):
+        super().__init__()
+
+        def vjp(x: Tensor, U: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.func.vjp(chunk, x, U)[1](grad)
+
+        self.graph_module = make_fx(vjp, tracing_mode="symbolic")(*example)
+
+    def forward(self, x: Tensor, U: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return tuple(self.graph_module(x, U, grad))
+
+
 class CompiledRollout:
     """``rollout(x0 [B, n], U [B, N, m]) -> states [B, N+1, n]`` of ``problem`` in ``dtype``,
-    with the compiled step; see the module docstring. Two builds: one for a single start, with
-    its buffers on the stack (a plan for one robot, MPC), and one for any batch size."""
+    with the compiled step; see the module docstring."""
 
-    def __init__(self, problem: ControlProblem, dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None):
+    def __init__(self, problem: ControlProblem, dtype: torch.dtype = torch.float32):
         self.problem, self.dtype = problem, dtype
         N = problem.horizon
-        self.chunk = chunk or max(c for c in range(1, CHUNK + 1) if N % c == 0)
-        self.key = problem_key(problem, self.chunk, dtype)
-        self.runners = {}
-        for build in ("single", "batched"):
-            path = cache_dir() / f"{self.key}-{build}.pt2"
-            if not path.exists():
-                self._compile(path, single=build == "single")
-            self.runners[build] = torch._inductor.aoti_load_package(str(path))
+        self.chunks = {build: max(c for c in range(1, most + 1) if N % c == 0) for build, most
+                       in (("single", SINGLE_CHUNK), ("batched", CHUNK), ("vjp", CHUNK))}
+        self.key = problem_key(problem, dtype)
+        self.runners = {build: self._load(build) for build in ("single", "batched")}
+        self._vjp: Callable | None = None  # compiled at the first backward pass
         _ROLLOUTS[self.key] = self
 
-    def _compile(self, path: Path, single: bool) -> None:
+    def _load(self, build: str) -> Callable[[list[Tensor]], list[Tensor]]:
+        """The compiled ``build`` ("single", "batched" or "vjp"), compiled first if not cached:
+        a function of its list of inputs, returning its list of outputs."""
+        path = cache_dir() / f"{self.key}-{build}{self.chunks[build]}.pt2"
+        if not path.exists():
+            self._compile(path, build)
+        # The loader's own call: the package's __call__ adds about 20 us of argument handling.
+        return torch._inductor.aoti_load_package(str(path)).loader.run
+
+    def _compile(self, path: Path, build: str) -> None:
         # A private copy: tracing must not leave fake tensors in the problem's constant cache.
         shadow = copy.deepcopy(self.problem)
         shadow._torch_constants = {}
-        n, m = shadow.n_state, shadow.n_control
-        size = 1 if single else 2
+        n, m, chunk = shadow.n_state, shadow.n_control, self.chunks[build]
+        # A batch size that no other dimension has: symbolic tracing takes equal sizes as one.
+        size = 1 if build == "single" else 17
         example = (torch.zeros(size, n, dtype=self.dtype),
-                   torch.zeros(size, self.chunk, m, dtype=self.dtype))
+                   torch.zeros(size, chunk, m, dtype=self.dtype))
+        module = _Chunk(shadow, chunk)
+        if build == "vjp":
+            example += (torch.zeros(size, chunk, n, dtype=self.dtype),)
+            module = _ChunkVJP(module, example)
         batch = torch.export.Dim("batch", min=1, max=1 << 24)
         with torch.no_grad():
             exported = torch.export.export(
-                _Chunk(shadow, self.chunk), example,
-                dynamic_shapes=None if single else ({0: batch}, {0: batch}))
+                module, example,
+                dynamic_shapes=None if build == "single" else ({0: batch},) * len(example))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
         # One fused kernel per chunk (the default caps a fusion at 64 operations); a single
         # start's intermediate buffers on the stack rather than allocated at every call.
-        options = {"max_fusion_size": 4096, "aot_inductor.allow_stack_allocation": single}
+        options = {"max_fusion_size": 4096,
+                   "aot_inductor.allow_stack_allocation": build == "single"}
         try:
-            with _aten_transcendentals(), torch._inductor.config.patch(options):
+            with (_eager_transcendentals(inline_mkl=build == "single"),
+                  torch._inductor.config.patch(options)):
                 torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def vjp(self) -> Callable:
+        """The chunk's VJP (`_ChunkVJP`) compiled, made or loaded on first use; where
+        compiling fails, eager autograd of the chunk (a warning says why)."""
+        if self._vjp is None:
+            try:
+                self._vjp = self._load("vjp")
+            except Exception as exc:  # an export or compiler limit: eager autograd serves
+                warnings.warn(f"compiled rollout gradient unavailable ({type(exc).__name__}: "
+                              f"{exc}); differentiating the rollout in eager torch",
+                              stacklevel=2)
+                self._vjp = _eager_vjp(self.problem, self.chunks["vjp"])
+        return self._vjp
 
     def __deepcopy__(self, memo: dict) -> CompiledRollout:
         return self  # the compiled step is immutable; a copied problem shares it
@@ -110,10 +160,11 @@ class CompiledRollout:
     def smooth(self, x0: Tensor, U: Tensor) -> Tensor:
         """States ``[B, N+1, n]`` with the dynamics run on through failure states."""
         single = len(x0) == 1
-        runner = self.runners["single" if single else "batched"]
+        build = "single" if single else "batched"
+        run, chunk = self.runners[build], self.chunks[build]
         states, x = [x0[:, None]], x0.contiguous()
-        for start in range(0, U.shape[1], self.chunk):
-            block = runner(x, U[:, start:start + self.chunk].contiguous())
+        for start in range(0, U.shape[1], chunk):
+            block = run([x, U[:, start:start + chunk].contiguous()])[0]
             if single:  # its output lives in the build's own buffer, reused by the next call
                 block = block.clone()
             states.append(block)
@@ -127,28 +178,80 @@ class CompiledRollout:
         return states
 
 
-# Computed by ATen's own kernels inside the compiled code: Inductor's versions round differently
-# in the last bit (ATen picks its scalar or vectorised kernel by the tensor's layout, Inductor by
-# its own), which an unstable system (a pole near upright) amplifies over the horizon: a 2%
-# difference in CartPole's plans. ATen's calls cost speed on the trigonometric problems.
+# The compiled code must round transcendental functions exactly as eager torch does: Inductor's
+# own versions (SLEEF, libm) differ in the last bit, which an unstable system (a pole near
+# upright) amplifies over the horizon into plans that differ by percent. By default they are
+# ATen's own kernels, called through AOTInductor's proxy executor: exact, about 10 us a call,
+# cheap beside a batch's work but most of a single start's chunk. So the single-start build
+# calls, for sin and cos, what ATen itself calls on x86: MKL's vector math (`at::vml`, in
+# high-accuracy mode), exported by libtorch_cpu, which the compiled library links. (For a batch,
+# the generated code makes one MKL call per value, slower than ATen's one call per operation.)
+MKL_FUNCTIONS = ("sin", "cos") if torch.backends.mkl.is_available() else ()
 TRANSCENDENTALS = ("sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh",
                    "exp", "expm1", "log", "log1p")
+_MKL_MODE = "0x140102LL"  # VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as at::vml calls it
+_KERNEL_HEADER = "#include <torch/csrc/inductor/cpp_prefix.h>"
+
+
+def _mkl_call(name: str) -> str:
+    """C++ statements applying MKL's ``name`` in place to ``n`` values of type ``T`` at ``b``."""
+    f = name.capitalize()
+    return (f"if constexpr (sizeof(T) == 4) vms{f}(n, b, b, {_MKL_MODE}); "
+            f"else vmd{f}(n, b, b, {_MKL_MODE});")
+
+
+def _mkl_override(name: str, vector: bool) -> staticmethod:
+    """Inductor's C++ code for ``name`` of one value, or of a `Vectorized` one, by MKL."""
+    def code(x: object) -> str:
+        if vector:
+            return ("[](auto v) { using V = decltype(v); using T = typename V::value_type; "
+                    "__at_align__ T b[V::size()]; v.store(b); const int n = V::size(); "
+                    f"{_mkl_call(name)} return V::loadu(b); }}({x})")
+        return ("[](auto v) { using T = decltype(v); T b[1] = {v}; const int n = 1; "
+                f"{_mkl_call(name)} return b[0]; }}({x})")
+    code.__name__ = name  # Inductor looks some overrides up by name
+    return staticmethod(code)
 
 
 @contextlib.contextmanager
-def _aten_transcendentals() -> Iterator[None]:
-    """While compiling, Inductor calls ATen for `TRANSCENDENTALS` (restored afterwards)."""
+def _eager_transcendentals(inline_mkl: bool) -> Iterator[None]:
+    """While compiling, `TRANSCENDENTALS` round as in eager torch (restored afterwards):
+    `MKL_FUNCTIONS` by MKL calls in the generated code if ``inline_mkl``, the rest (or all)
+    by ATen's kernels."""
     from torch._inductor import lowering
+    from torch._inductor.codegen import cpp
 
     saved, fallbacks = dict(lowering.lowerings), set(lowering.fallbacks)
+    inlined = MKL_FUNCTIONS if inline_mkl else ()
+    overrides = [(cls, name, cls.__dict__[name]) for name in inlined
+                 for cls in (cpp.CppOverrides, cpp.CppVecOverrides)]
+    codegen_group = cpp.KernelGroup.codegen_group
+    declarations = "".join(
+        f'extern "C" void vms{f}(int, const float*, float*, long long);\n'
+        f'extern "C" void vmd{f}(int, const double*, double*, long long);\n'
+        for f in (name.capitalize() for name in inlined))
+
+    def declaring_codegen_group(self, *args, **kwargs) -> str:
+        code = codegen_group(self, *args, **kwargs)
+        return code.replace(_KERNEL_HEADER, f"{_KERNEL_HEADER}\n{declarations}", 1)
+
     try:
+        for name in inlined:
+            setattr(cpp.CppOverrides, name, _mkl_override(name, vector=False))
+            setattr(cpp.CppVecOverrides, name, _mkl_override(name, vector=True))
+        cpp.KernelGroup.codegen_group = declaring_codegen_group
         for name in TRANSCENDENTALS:
+            if name in inlined:
+                continue
             packet = getattr(torch.ops.aten, name)
             for overload in packet.overloads():
                 lowering.lowerings.pop(getattr(packet, overload), None)
             lowering.make_fallback(packet, warn=False)
         yield
     finally:
+        cpp.KernelGroup.codegen_group = codegen_group
+        for cls, name, method in overrides:
+            setattr(cls, name, method)
         lowering.lowerings.clear()
         lowering.lowerings.update(saved)
         lowering.fallbacks.clear()
@@ -165,10 +268,10 @@ def freeze_after_failure(problem: ControlProblem, states: Tensor) -> Tensor:
     return torch.where(dead[:, :, None], frozen, states)
 
 
-def problem_key(problem: ControlProblem, chunk: int, dtype: torch.dtype) -> str:
+def problem_key(problem: ControlProblem, dtype: torch.dtype) -> str:
     """A name for the compiled step of ``problem``: its class, and a hash of the source of its
-    module, of `trc_gym.problem` and of this module, its parameters, the chunk, the dtype and
-    the torch version."""
+    module, of `trc_gym.problem` and of this module, its parameters, the dtype and the torch
+    version."""
     cls = type(problem)
     digest = hashlib.sha256()
     for module in (inspect.getmodule(cls), inspect.getmodule(ControlProblem),
@@ -179,7 +282,7 @@ def problem_key(problem: ControlProblem, chunk: int, dtype: torch.dtype) -> str:
         if name not in ("_torch_constants", "fast_rollouts"):
             value = value.tolist() if isinstance(value, np.ndarray) else value
             digest.update(f"{name}={value!r};".encode())
-    digest.update(f"{chunk};{dtype};{torch.__version__}".encode())
+    digest.update(f"{dtype};{torch.__version__}".encode())
     return f"{cls.__name__}-{str(dtype).removeprefix('torch.')}-{digest.hexdigest()[:16]}"
 
 
@@ -224,23 +327,30 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(U, output)
 
 
+def _eager_vjp(problem: ControlProblem, chunk: int) -> Callable:
+    """`_ChunkVJP` by eager autograd, called as the compiled one: ``vjp([x, U, grad])``."""
+    def vjp(inputs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x, U, grad = inputs
+        with torch.enable_grad():
+            x, U = x.detach().requires_grad_(), U.detach().requires_grad_()
+            return torch.autograd.grad(_Chunk(problem, chunk)(x, U), (x, U), grad)
+    return vjp
+
+
 def _backward(ctx, grad: Tensor):
-    """The adjoint: each chunk recomputed in eager torch from its saved start, last first."""
+    """The adjoint: each chunk's VJP from its saved start, last chunk first."""
     rollout = _ROLLOUTS[ctx.key]
     U, states = ctx.saved_tensors
-    chunk, problem = rollout.chunk, rollout.problem
-    grad_U = torch.zeros_like(U)
-    carry = grad[:, -1].clone()  # dL/dx at the end of the current chunk
-    with torch.enable_grad():
-        for start in reversed(range(0, U.shape[1], chunk)):
-            x = states[:, start].detach().requires_grad_()
-            u = U[:, start:start + chunk].detach().requires_grad_()
-            block = _Chunk(problem, chunk)(x, u)
-            upstream = grad[:, start + 1:start + chunk + 1].clone()
-            upstream[:, -1] = carry
-            g_x, g_u = torch.autograd.grad(block, (x, u), upstream)
-            grad_U[:, start:start + chunk] = g_u
-            carry = g_x + grad[:, start]
+    chunk, vjp = rollout.chunks["vjp"], rollout.vjp()
+    grad_U = torch.empty_like(U)
+    carry = grad[:, -1]  # dL/dx at the end of the current chunk
+    for start in reversed(range(0, U.shape[1], chunk)):
+        upstream = grad[:, start + 1:start + chunk + 1].clone()
+        upstream[:, -1] = carry
+        g_x, g_u = vjp([states[:, start].contiguous(), U[:, start:start + chunk].contiguous(),
+                        upstream])
+        grad_U[:, start:start + chunk] = g_u
+        carry = g_x + grad[:, start]
     return None, carry, grad_U
 
 
