@@ -42,20 +42,25 @@ PAGE_HEAD = """# Planning speed: the compiled rollout
 Each refinement step of the planner simulates its own plan. On a nonlinear problem that is N
 steps of RK4, a few dozen tiny torch operations each, and in eager torch the per-operation
 overhead sets the speed. `planner.compile()` (`trc_gym.compiled_rollout`) exports the problem's
-own `step_torch` for 10 steps at a time and compiles it with AOTInductor: one build for a single
-start (buffers on the stack) and one for any batch. The plans are the eager planner's bit for
-bit, and the states too but for Rocket's batched build, whose thrust norm may differ in the last
-bit (`tests/test_compiled_rollout.py`); compiling takes 35 to 65 s per env once, and later
-processes load the cached builds in under a second (`TRC_CACHE_DIR`, default
+own `step_torch` for a chunk of steps and compiles it with AOTInductor: a build for a single
+start (20 to 25 steps a call, buffers on the stack), one for any batch (10 steps a call), and,
+at the first backward pass, the chunk's vector-Jacobian product, so that gradients through the
+rollout (cloning's cost term, fine-tuning's exact gradient) are compiled too. Transcendental
+functions are computed as eager torch computes them (sin and cos by the same MKL calls in the
+single-start build, the others by ATen's kernels), so the plans are the eager planner's bit
+for bit, and the states too but for Rocket's batched build, whose thrust norm may differ in
+the last bit (`tests/test_compiled_rollout.py`). Compiling takes 15 to 60 s per build once;
+later processes load the cached builds in under a second (`TRC_CACHE_DIR`, default
 `~/.cache/trc_gym`). The main job compiles on nonlinear envs (`--no-compile` turns it off).
 
 Columns: the small planner's batch-1 plan, eager and compiled, and their ratio; one MPC step
 (`predict` replanning from an observation) as a share of the env's dt; the expert's batch-1 plan
 and how many times the compiled planner is faster; one cloning step (loss, backward, AdamW) at
-batch 512 without and with the true-cost term; GRPO's simulated env steps per second (float64
-costs of 256 x 32 sampled plans, not compiled). The double integrator's rollout is one matrix
-product and is not compiled: its two planners are the same, and their ratio shows how much the
-machine's speed drifts between timings.
+batch 512 without and with the true-cost term, eager and compiled; GRPO's simulated env steps
+per second (float64 costs of 256 x 32 sampled plans; `compile()` compiles float32 only, so both
+are eager unless `compile(float64=True)`). The double integrator's rollout is one matrix product
+and is not compiled: its two planners are the same, and their ratio shows how much the machine's
+speed drifts between timings.
 
 """
 PAGE_NOTES = """
@@ -117,7 +122,12 @@ def measure(env_id: str, repeats: int) -> dict[str, float]:
                                 target[:10 * repeats])
     row["ms_per_plan_eager"], row["ms_per_plan_compiled"] = latency["eager"], latency["fast"]
     row["speedup"] = latency["eager"] / latency["fast"]
-    expert_ms = plan_latencies_ms({"expert": expert, "fast": fast}, x0[:3], target[:3], block=1)
+    start = time.perf_counter()
+    expert.plan(x0[:1], target[:1])
+    # As many starts as fit in about 2 s of expert time: 3 for iLQR, 200 for the exact QP.
+    n_expert = int(np.clip(2.0 / (time.perf_counter() - start), 3, 200))
+    expert_ms = plan_latencies_ms({"expert": expert, "fast": fast}, x0[:n_expert],
+                                  target[:n_expert], block=1)
     row["expert_ms_per_plan"] = expert_ms["expert"]
     row["vs_expert_compiled"] = expert_ms["expert"] / expert_ms["fast"]
 

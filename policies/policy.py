@@ -34,7 +34,7 @@ class TRCPolicy(PlanningPolicy):
         super().__init__(model.problem, env_id, env_kwargs, receding_horizon)
         self.model = model.eval()
         self.metadata = dict(metadata or {})
-        self._trace: tuple[list, tuple, torch.nn.Module] | None = None  # see _traced_model
+        self._trace: dict | None = None  # the traced graph and its keys: _traced_model
 
     @classmethod
     def create(cls, env_id: str, size: str = "small", env_kwargs: dict | None = None,
@@ -93,30 +93,38 @@ class TRCPolicy(PlanningPolicy):
             return list(self._traced_model(x0, target)(x0, target))
 
     def _traced_model(self, x0: torch.Tensor, target: torch.Tensor) -> torch.nn.Module:
-        """The eval model as a TorchScript graph (`torch.jit.trace`, made on first use): the
-        same operations and kernels, so the same plans bit for bit (tests check it), without
-        the Python and module-call overhead that dominates a batch-1 plan. The graph reads the
-        model's parameters in place, so training between calls shows; it is traced again if
-        a parameter, buffer or submodule is replaced, or the problem's rollout changes. `torch.jit.trace` is deprecated;
-        where it fails, the model runs as it is."""
+        """The eval model as a frozen TorchScript graph (`torch.jit.trace`, then
+        `torch.jit.freeze`, which makes the weights constants): the same operations and
+        kernels, so the same plans bit for bit (tests check it), without the Python and
+        module-call overhead that dominates a batch-1 plan. It is frozen again (60 ms) when a
+        weight changes in place (its version counter moves: an optimizer step), and traced
+        again when a parameter, buffer or submodule is replaced, or the problem's rollout
+        changes. `torch.jit.trace` is deprecated; where it fails, the model runs as it is."""
         rollouts = tuple(self.problem.fast_rollouts)
-        if self._trace is not None:
-            bound, traced_rollouts, traced = self._trace
-            # Checking the traced tensors are still the model's is cheaper than listing them.
-            if traced_rollouts == rollouts and all(
-                    slots[name] is tensor for slots, name, tensor in bound):
-                return traced
-        bound = [(slots, name, tensor) for module in self.model.modules()
+        trace = self._trace
+        if trace is not None and trace["rollouts"] == rollouts and all(
+                slots[name] is value for slots, name, value in trace["bound"]):
+            if trace["versions"] == tuple(t._version for t in trace["weights"]):
+                return trace["frozen"]
+            traced = trace["traced"]
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the deprecation and tracer notices
+                    traced = torch.jit.trace(_Iterates(self.model).eval(), (x0, target),
+                                             check_trace=False)
+            except (AttributeError, RuntimeError):
+                traced = None
+        # Checking these are still the model's is cheaper than listing the model's weights.
+        bound = [(slots, name, value) for module in self.model.modules()
                  for slots in (module._parameters, module._buffers, module._modules)
-                 for name, tensor in slots.items() if tensor is not None]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the deprecation and tracer notices
-                traced = torch.jit.trace(_Iterates(self.model), (x0, target), check_trace=False)
-        except (AttributeError, RuntimeError):
-            traced = _Iterates(self.model)
-        self._trace = (bound, rollouts, traced)
-        return traced
+                 for name, value in slots.items() if value is not None]
+        weights = [value for _, _, value in bound if isinstance(value, torch.Tensor)]
+        self._trace = {
+            "rollouts": rollouts, "bound": bound, "weights": weights, "traced": traced,
+            "versions": tuple(t._version for t in weights),
+            "frozen": _Iterates(self.model) if traced is None else torch.jit.freeze(traced)}
+        return self._trace["frozen"]
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict:
