@@ -88,8 +88,8 @@ class JobConfig:
 
 # Per-env defaults over JobConfig's, each with its reason.
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 100 RK4 steps per plan: the cost term's backward pass through them makes cloning many
-    # times slower, while imitation alone with larger batches gets there (docs/vanderpol.md).
+    # Imitation only, at batch 512: the cost term makes the open-loop clone better but the MPC
+    # rows far worse (docs/vanderpol.md, "Cloning with the cost term").
     "TRC-VanDerPol-v0": {"bc": {"batch_size": 512, "cost_weight": 0.0}},
 }
 QUICK: dict[str, Any] = {"data": {"num_samples": 1000}, "bc": {"epochs": 3},

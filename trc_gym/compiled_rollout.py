@@ -129,9 +129,11 @@ class CompiledRollout:
                 dynamic_shapes=None if build == "single" else ({0: batch},) * len(example))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
-        # One fused kernel per chunk (the default caps a fusion at 64 operations); a single
-        # start's intermediate buffers on the stack rather than allocated at every call.
-        options = {"max_fusion_size": 4096,
+        # One fused kernel per chunk (the default caps a fusion at 64 operations), with every
+        # value of more than 4 operations stored rather than inlined into its readers: inlined,
+        # each RK4 stage recomputes the last for every state component it reads, 15x slower
+        # per step on Quadrotor2D's 6 states. A single start's buffers on the stack.
+        options = {"max_fusion_size": 4096, "realize_opcount_threshold": 4,
                    "aot_inductor.allow_stack_allocation": build == "single"}
         try:
             with (_eager_transcendentals(inline_mkl=build == "single"),
