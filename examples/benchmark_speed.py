@@ -64,21 +64,22 @@ speed drifts between timings.
 
 """
 PAGE_NOTES = """
-What sets the remaining time:
-- **The network, about 0.8 ms of a batch-1 plan:** the double integrator's plan, whose rollout
+Absolute times drift with the machine's load (up to 2x from minute to minute on a shared
+machine); the ratios, timed in alternation, hold. What sets the remaining time:
+- **The network, about 0.9 ms of a batch-1 plan:** the double integrator's plan, whose rollout
   is one product, shows it: a few hundred small operations in the frozen TorchScript graph, of
-  which its 52 linear layers take over a third (`torch.profiler`). The three compiled rollouts add 0.1 to
-  0.3 ms on the nonlinear envs. On the double integrator this keeps the planner at about the
-  exact QP expert's time (its column; `examples/latency.py` on trained checkpoints gives the
-  same). Compiling the whole planner (AOTInductor of the traced model, with the weights passed
-  as user-managed constants so that training shows) is what would go below it.
+  which its 52 linear layers take over a third (`torch.profiler`). This keeps the planner at
+  about the exact QP expert's time on the double integrator (`examples/latency.py` on trained
+  checkpoints gives the same). Compiling the whole planner (AOTInductor of the traced model,
+  with the weights passed as user-managed constants so that training shows) is what would go
+  below it.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager
   planner was already fast and the network bounds the ratio.
-- **Cloning with the cost term:** the rollouts' share of a step is compiled, forward and VJP; what
-  remains is the network's own forward and backward at batch 512 (the column without the term).
-  Batched builds call ATen's sin and cos through AOTInductor's proxy executor (one call per
-  operation and step, exact); MKL calls per value, as in the single-start build, are slower at
-  batch 512.
+- **Cloning with the cost term:** the rollouts' share of a step is compiled, forward and VJP;
+  what remains is the network's own forward and backward at batch 512 (the column without the
+  term), which bounds the ratio. Batched builds call ATen's sin and cos through AOTInductor's
+  proxy executor (one call per operation and step, exact); MKL calls per value, as in the
+  single-start build, are slower at batch 512.
 """
 
 

@@ -120,11 +120,13 @@ class TRCPolicy(PlanningPolicy):
                  for slots in (module._parameters, module._buffers, module._modules)
                  for name, value in slots.items() if value is not None]
         weights = [value for _, _, value in bound if isinstance(value, torch.Tensor)]
-        self._trace = {
-            "rollouts": rollouts, "bound": bound, "weights": weights, "traced": traced,
-            "versions": tuple(t._version for t in weights),
-            "frozen": _Iterates(self.model) if traced is None else torch.jit.freeze(traced)}
-        return self._trace["frozen"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice
+            frozen = _Iterates(self.model) if traced is None else torch.jit.freeze(traced)
+        self._trace = {"rollouts": rollouts, "bound": bound, "weights": weights,
+                       "traced": traced, "versions": tuple(t._version for t in weights),
+                       "frozen": frozen}
+        return frozen
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict:
