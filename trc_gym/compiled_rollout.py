@@ -6,10 +6,10 @@ eager torch the per-operation overhead sets its speed (about 30 ms for 100 RK4 s
 exported for a chunk of steps (`torch.export`) and compiled by AOTInductor into a shared
 library, whose call costs microseconds; a rollout is a few such calls. There are two builds:
 one for a single start (a plan for one robot, MPC; 20 to 25 steps a call, buffers on the
-stack) and one for any batch size (10 steps a call). The states are the eager rollout's bit for
+stack) and one for any batch size (10 steps a call). Transcendental functions are computed as
+eager torch computes them (see `MKL_FUNCTIONS`), so the states are the eager rollout's bit for
 bit on CPU (tests check every env), but for Rocket's batched build, whose thrust norm may
-differ in the last bits (relative 1e-7 to 1e-6): the transcendental functions are computed as
-eager torch computes them (see `MKL_FUNCTIONS`).
+differ in the last bits (relative 1e-7 to 1e-6).
 
 - Compiling takes 15 to 60 s per problem, dtype and build; the packages are cached on disk
   (``TRC_CACHE_DIR``, default ``~/.cache/trc_gym``), keyed by the problem's source, parameters
