@@ -175,9 +175,10 @@ def main() -> None:
         for env_id in args.envs:
             rows[env_id] = measure(env_id, args.repeats)
             print(env_id, {k: round(v, 3) for k, v in rows[env_id].items()}, flush=True)
-    command = "python examples/benchmark_speed.py " + " ".join(
-        f"--envs {' '.join(args.envs)}".split() if args.envs != list(trc_gym.ENV_IDS) else [])
-    text = (PAGE_HEAD + f"Produced by `{command.strip()}` (one torch thread; each pair timed "
+    command = "python examples/benchmark_speed.py"
+    if args.envs != list(trc_gym.ENV_IDS):
+        command += " --envs " + " ".join(args.envs)
+    text = (PAGE_HEAD + f"Produced by `{command}` (one torch thread; each pair timed "
             f"in turn).\n\n" + format_table(rows, columns=COLUMNS, first="env") + "\n"
             + PAGE_NOTES)
     print("\n" + text)
