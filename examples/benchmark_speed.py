@@ -49,9 +49,10 @@ rollout (cloning's cost term, fine-tuning's exact gradient) are compiled too. Tr
 functions are computed as eager torch computes them (sin and cos by the same MKL calls in the
 single-start build, the others by ATen's kernels), so the plans are the eager planner's bit
 for bit, and the states too but for Rocket's batched build, whose thrust norm may differ in
-the last bit (`tests/test_compiled_rollout.py`). Compiling takes 15 to 60 s per build once;
-later processes load the cached builds in under a second (`TRC_CACHE_DIR`, default
-`~/.cache/trc_gym`). The main job compiles on nonlinear envs (`--no-compile` turns it off).
+the last bit (`tests/test_compiled_rollout.py`). Compiling an env's two forward builds takes
+about 30 to 70 s once (the `compile_seconds` the benchmark prints); later processes load the
+cached builds (`TRC_CACHE_DIR`, default `~/.cache/trc_gym`). The main job compiles on
+nonlinear envs (`--no-compile` turns it off).
 
 Columns: the small planner's batch-1 plan, eager and compiled, and their ratio; one MPC step
 (`predict` replanning from an observation) as a share of the env's dt; the expert's batch-1 plan
@@ -68,9 +69,9 @@ Absolute times drift with the machine's load (up to 2x from minute to minute on 
 machine); the ratios, timed in alternation, hold. What sets the remaining time:
 - **The network, about 0.9 ms of a batch-1 plan:** the double integrator's plan, whose rollout
   is one product, shows it: a few hundred small operations in the frozen TorchScript graph, of
-  which its 52 linear layers take over a third (`torch.profiler`). This keeps the planner at
-  about the exact QP expert's time on the double integrator (`examples/latency.py` on trained
-  checkpoints gives the same). Compiling the whole planner (AOTInductor of the traced model,
+  which its 52 linear layers take over a third (`python examples/profile_plan.py`). This
+  keeps the planner at about the exact QP expert's time on the double integrator
+  (`examples/latency.py` on trained checkpoints gives the same). Compiling the whole planner (AOTInductor of the traced model,
   with the weights passed as user-managed constants so that training shows) is what would go
   below it.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager

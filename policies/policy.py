@@ -96,7 +96,7 @@ class TRCPolicy(PlanningPolicy):
         """The eval model as a frozen TorchScript graph (`torch.jit.trace`, then
         `torch.jit.freeze`, which makes the weights constants): the same operations and
         kernels, so the same plans bit for bit (tests check it), without the Python and
-        module-call overhead that dominates a batch-1 plan. It is frozen again (60 ms) when a
+        module-call overhead that dominates a batch-1 plan. It is frozen again when a
         weight changes in place (its version counter moves: an optimizer step), and traced
         again when a parameter, buffer or submodule is replaced, or the problem's rollout
         changes. `torch.jit.trace` is deprecated; where it fails, the model runs as it is."""
