@@ -71,9 +71,9 @@ machine); the ratios, timed in alternation, hold. What sets the remaining time:
   is one product, shows it: a few hundred small operations in the frozen TorchScript graph, of
   which its 52 linear layers take over a third (`python examples/profile_plan.py`). This
   keeps the planner at about the exact QP expert's time on the double integrator
-  (`examples/latency.py` on trained checkpoints gives the same). Compiling the whole planner (AOTInductor of the traced model,
-  with the weights passed as user-managed constants so that training shows) is what would go
-  below it.
+  (`examples/latency.py` on trained checkpoints gives the same). Compiling the whole planner
+  (AOTInductor of the traced model, with the weights passed as user-managed constants so that
+  training shows) is what would go below it.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager
   planner was already fast and the network bounds the ratio.
 - **Cloning with the cost term:** the rollouts' share of a step is compiled, forward and VJP;
