@@ -140,14 +140,14 @@ def run(config: JobConfig, command: str = "") -> dict:
     def load(path: Path, receding_horizon: bool = False) -> TRCPolicy:
         planner = load_policy(path, receding_horizon=receding_horizon)
         if config.compile:
-            planner.compile()
+            planner.compile(planner=False)
         return planner
 
     # 2. Behaviour cloning.
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps)
     if config.compile:
-        policy.compile()
+        policy.compile(planner=False)
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",
                           progress=progress)
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start

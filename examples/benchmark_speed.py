@@ -37,7 +37,7 @@ COLUMNS = ("ms_per_plan_eager", "ms_per_plan_compiled", "speedup", "mpc_step_dt"
            "grpo_steps_per_s")
 
 
-PAGE_HEAD = """# Planning speed: the compiled rollout
+PAGE_HEAD = """# Planning speed: the compiled rollout and the compiled planner
 
 Each refinement step of the planner simulates its own plan. On a nonlinear problem that is N
 steps of RK4, a few dozen tiny torch operations each, and in eager torch the per-operation
@@ -51,31 +51,38 @@ single-start build, the others by ATen's kernels), so the plans are the eager pl
 for bit, and the states too but for Rocket's batched build, whose thrust norm may differ in
 the last bit (`tests/test_compiled_rollout.py`). Compiling an env's two forward builds takes
 about 30 to 70 s once (the `compile_seconds` the benchmark prints); later processes load the
-cached builds (`TRC_CACHE_DIR`, default `~/.cache/trc_gym`). The main job compiles on
-nonlinear envs (`--no-compile` turns it off).
+cached builds (`TRC_CACHE_DIR`, default `~/.cache/trc_gym`). The main job compiles the
+rollout on nonlinear envs (`--no-compile` turns it off).
 
-Columns: the small planner's batch-1 plan, eager and compiled, and their ratio; one MPC step
+`compile()` then compiles the whole planner too, as its weights are at that moment, for
+batch-1 plans (one robot, MPC): the traced planner exported at batch 1, with the compiled
+rollout as one operator inside it, compiled by AOTInductor with the weights as constants (about
+25 s, cached by a hash of the weights). Its matrix products and fused activations are
+Inductor's, so its plans equal the traced planner's to float32 rounding (about 1e-7 relative;
+the tests check 1e-5 and the same successes), not bit for bit. A weight change (an optimizer
+step) sets it aside until the next `compile()`; the main job, which compiles before training,
+plans with the traced planner.
+
+Columns: the small planner's batch-1 plan, eager and compiled (rollout and planner), and
+their ratio; one MPC step
 (`predict` replanning from an observation) as a share of the env's dt; the expert's batch-1 plan
 and how many times the compiled planner is faster; one cloning step (loss, backward, AdamW) at
 batch 512 without and with the true-cost term, eager and compiled; GRPO's simulated env steps
 per second (float64 costs of 256 x 32 sampled plans; `compile()` compiles float32 only, so both
 are eager unless `compile(float64=True)`). The double integrator's rollout is one matrix product
-and is not compiled: its two planners are the same, and their ratio shows how much the machine's
-speed drifts between timings.
+and is not compiled: its cloning and GRPO columns time the same code twice, and their ratio
+shows how much the machine's speed drifts between timings.
 
 """
 PAGE_NOTES = """
 Absolute times drift with the machine's load (up to 2x from minute to minute on a shared
 machine); the ratios, timed in alternation, hold. What sets the remaining time:
-- **The network, about 0.9 ms of a batch-1 plan:** the double integrator's plan, whose rollout
-  is one product, shows it: a few hundred small operations in the frozen TorchScript graph, of
-  which its 52 linear layers take over a third (`python examples/profile_plan.py`). This
-  keeps the planner at about the exact QP expert's time on the double integrator
-  (`examples/latency.py` on trained checkpoints gives the same). Compiling the whole planner
-  (AOTInductor of the traced model, with the weights passed as user-managed constants so that
-  training shows) is what would go below it.
+- **The network:** with the planner compiled, a batch-1 plan is one call of compiled code
+  (and the rollout's calls inside it); the traced planner's few hundred small operations, of
+  which its 52 linear layers take over a third (`python examples/profile_plan.py`), are fused
+  into far fewer kernels.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager
-  planner was already fast and the network bounds the ratio.
+  planner was already fast, and the network and the collision features bound the ratio.
 - **Cloning with the cost term:** the rollouts' share of a step is compiled, forward and VJP;
   what remains is the network's own forward and backward at batch 512 (the column without the
   term), which bounds the ratio. Batched builds call ATen's sin and cos through AOTInductor's
@@ -137,6 +144,7 @@ def measure(env_id: str, repeats: int) -> dict[str, float]:
     row["vs_expert_compiled"] = expert_ms["expert"] / expert_ms["fast"]
 
     mpc = TRCPolicy(fast.model, env_id, receding_horizon=True)
+    mpc.compile()  # the compiled planner, from the cache
     obs = trc_gym.envs.base.observations(problem, x0[:1], target[:1], 0)[0]
     row["mpc_step_dt"] = alternate({"mpc": lambda: mpc.predict(obs)}, 10 * repeats)["mpc"] \
         / problem.dt

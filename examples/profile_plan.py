@@ -1,6 +1,7 @@
 """Where a batch-1 plan of the small planner spends its time: `torch.profiler`'s operator table
-over repeated plans, one torch thread (the planner compiled on nonlinear envs, as the main job
-runs it).
+over repeated plans, one torch thread: the traced planner, with the compiled rollout on
+nonlinear envs, as the main job runs it (a compiled planner, `compile()`'s default, is one call
+the profiler cannot see into).
 
     python examples/profile_plan.py --env TRC-DoubleIntegrator-v0
 """
@@ -25,7 +26,7 @@ def main() -> None:
     if args.plans < 1 or args.rows < 1:
         parser.error("--plans and --rows must be at least 1")
     policy = TRCPolicy.create(args.env, "small")
-    policy.compile()
+    policy.compile(planner=False)
     x0, target = trc_gym.held_out_starts(args.env, 1)
     with one_thread():
         for _ in range(20):  # trace, freeze and warm up first

@@ -34,12 +34,12 @@ def env_id(request):
 
 @pytest.fixture(scope="module")
 def pair(env_id):
-    """An eager planner and a compiled one with the same weights."""
+    """An eager planner and one with the compiled rollout, with the same weights."""
     torch.manual_seed(0)
     eager = TRCPolicy.create(env_id, "small")
     fast = TRCPolicy.create(env_id, "small")
     fast.model.load_state_dict(eager.model.state_dict())
-    assert fast.compile(float64=env_id == "TRC-Rocket-v0")
+    assert fast.compile(float64=env_id == "TRC-Rocket-v0", planner=False)
     return eager, fast
 
 
@@ -102,6 +102,41 @@ def test_gradients_equal_the_eager_backward_pass(pair):
     for fast_grad, eager_grad in ((grads[2], grads[0]), (grads[3], grads[1])):
         # Float32 sums in another order: equal to rounding relative to the gradient's size.
         assert float((fast_grad - eager_grad).norm() / eager_grad.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("env_id", [
+    "TRC-DoubleIntegrator-v0", "TRC-VanDerPol-v0",
+    *(pytest.param(env_id, marks=pytest.mark.slow) for env_id in trc_gym.ENV_IDS
+      if env_id not in ("TRC-DoubleIntegrator-v0", "TRC-VanDerPol-v0"))])
+def test_the_compiled_planner_plans_as_the_traced_one(env_id):
+    """The whole planner compiled (weights as constants) gives the traced planner's batch-1
+    plans to float32 rounding and the same successes; a weight change sets it aside."""
+    torch.manual_seed(0)
+    traced = TRCPolicy.create(env_id, "small", n_refine=2)  # fewer refinements: a faster build
+    fast = TRCPolicy.create(env_id, "small", n_refine=2)
+    fast.model.load_state_dict(traced.model.state_dict())
+    traced.compile(planner=False)
+    assert fast.compile()
+    calls, compiled = [], fast._trace["compiled"]
+    fast._trace["compiled"] = lambda inputs: calls.append(1) or compiled(inputs)
+    x0, target = trc_gym.held_out_starts(env_id, 24)
+    plans = [np.concatenate([policy.plan(x0[i:i + 1], target[i:i + 1]) for i in range(len(x0))])
+             for policy in (traced, fast)]
+    assert len(calls) == len(x0)
+    # To float32 rounding: within 1e-5 of the plans' scale, or of the traced planner's own
+    # spread between batch sizes (its kernels round by batch too), where an unstable system
+    # (CartPole) amplifies rounding to more than that.
+    scale = np.abs(plans[0]).max()
+    spread = np.abs(traced.plan(x0, target) - plans[0]).max() / scale
+    assert np.abs(plans[1] - plans[0]).max() / scale <= max(1e-5, spread)
+    problem = traced.problem
+    np.testing.assert_array_equal(*(problem.success(problem.rollout(x0, U), target)
+                                    for U in plans))
+    for policy in (traced, fast):
+        with torch.no_grad():
+            next(policy.model.parameters()).add_(1e-3)
+    np.testing.assert_array_equal(fast.plan(x0[:1], target[:1]), traced.plan(x0[:1], target[:1]))
+    assert "compiled" not in fast._trace
 
 
 def test_the_compiled_step_is_cached_on_disk(env_id, pair, monkeypatch):

@@ -54,6 +54,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRC_CACHE_DIR", Path.home() / ".cache" / "trc_gym"))
 
 
+def compile_package(module: torch.nn.Module, example: tuple[Tensor, ...], path: Path,
+                    options: dict | None = None, dynamic_shapes: tuple | None = None) -> None:
+    """Export ``module`` at ``example`` inputs and compile it with AOTInductor (Inductor
+    ``options``) into the package ``path``, written to a temp file and renamed."""
+    with torch.no_grad():
+        exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
+    try:
+        with torch._inductor.config.patch(options or {}):
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_package(path: Path) -> Callable[[list[Tensor]], list[Tensor]]:
+    """The compiled package at ``path`` as a function of its list of inputs, returning its list
+    of outputs: the loader's own call, since the package's ``__call__`` adds about 20 us of
+    argument handling."""
+    return torch._inductor.aoti_load_package(str(path)).loader.run
+
+
 class _Chunk(torch.nn.Module):
     """``chunk`` steps of ``problem.step_torch``: ``x [B, n], U [B, chunk, m] -> [B, chunk, n]``."""
 
@@ -106,8 +129,7 @@ class CompiledRollout:
         path = cache_dir() / f"{self.key}-{build}{self.chunks[build]}.pt2"
         if not path.exists():
             self._compile(path, build)
-        # The loader's own call: the package's __call__ adds about 20 us of argument handling.
-        return torch._inductor.aoti_load_package(str(path)).loader.run
+        return load_package(path)
 
     def _compile(self, path: Path, build: str) -> None:
         # A private copy: tracing must not leave fake tensors in the problem's constant cache.
@@ -123,25 +145,15 @@ class CompiledRollout:
             example += (torch.zeros(size, chunk, n, dtype=self.dtype),)
             module = _ChunkVJP(module, example)
         batch = torch.export.Dim("batch", min=1, max=1 << 24)
-        with torch.no_grad():
-            exported = torch.export.export(
-                module, example,
-                dynamic_shapes=None if build == "single" else ({0: batch},) * len(example))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
         # One fused kernel per chunk (the default caps a fusion at 64 operations), with every
         # value of more than 4 operations stored rather than inlined into its readers: inlined,
         # each RK4 stage recomputes the last for every state component it reads, 15x slower
         # per step on Quadrotor2D's 6 states. A single start's buffers on the stack.
         options = {"max_fusion_size": 4096, "realize_opcount_threshold": 4,
                    "aot_inductor.allow_stack_allocation": build == "single"}
-        try:
-            with (_eager_transcendentals(inline_mkl=build == "single"),
-                  torch._inductor.config.patch(options)):
-                torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with _eager_transcendentals(inline_mkl=build == "single"):
+            compile_package(module, example, path, options,
+                            None if build == "single" else ({0: batch},) * len(example))
 
     def vjp(self) -> Callable:
         """The chunk's VJP (`_ChunkVJP`) compiled, made or loaded on first use; where
