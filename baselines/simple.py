@@ -5,18 +5,35 @@ from __future__ import annotations
 import numpy as np
 
 from trc_gym.envs import make_expert, make_problem
+from trc_gym.experts import Expert
 from trc_gym.planning_policy import PlanningPolicy
 
 
 class ExpertPolicy(PlanningPolicy):
-    """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves, ``predict`` executes."""
+    """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves; ``predict`` executes
+    the plan tracked with the expert's feedback gains where it has them (iLQR), or open loop
+    with ``open_loop=True`` (what an open-loop planner faces: float32 actions and observations
+    alone make swing-up plans miss)."""
 
-    def __init__(self, env_id: str, receding_horizon: bool = False, **env_kwargs):
+    def __init__(self, env_id: str, receding_horizon: bool = False, open_loop: bool = False,
+                 **env_kwargs):
         self.expert = make_expert(env_id, **env_kwargs)
+        self.open_loop = open_loop
         super().__init__(self.expert.problem, env_id, env_kwargs, receding_horizon)
+
+    @property
+    def feedback(self) -> bool:
+        has_gains = type(self.expert).plan_and_gains is not Expert.plan_and_gains
+        return has_gains and not (self.open_loop or self.receding_horizon)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         return self.expert.plan(x0, target)
+
+    def plan_and_gains(self, x0: np.ndarray,
+                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.open_loop:
+            return self.expert.plan(x0, target), None
+        return self.expert.plan_and_gains(x0, target)
 
 
 class RandomPolicy(PlanningPolicy):

@@ -1,6 +1,7 @@
-"""Expert quality per env: the expert's plans from held-out starts, stepped open loop through
-``gym.make(env_id)``; success rate, mean cost (the episode's -return), terminal error and solve
-time per plan.
+"""Expert quality per env: the expert's plans from held-out starts, stepped through
+``gym.make(env_id)`` as `baselines.ExpertPolicy` steps them (planned from the float32 first
+observation, float32 actions), tracked with the expert's feedback gains and open loop; success
+rates, mean cost (the episode's -return), terminal error and solve time per plan.
 
     python examples/expert_quality.py                          # every registered env with an
                                                                # iLQR expert
@@ -25,6 +26,7 @@ import numpy as np
 
 import trc_gym
 from trc_gym.envs import env_class
+from trc_gym.envs.base import observation_parts, observations
 from trc_gym.evaluation import HELD_OUT_SEED, step_episodes, trajectory_metrics
 from trc_gym.experts import ILQRExpert, clipped_lqr_plans
 from trc_gym.files import write_text
@@ -32,7 +34,7 @@ from trc_gym.planning_policy import PlanningPolicy
 from trc_gym.problem import ControlProblem
 from trc_gym.threads import one_thread
 
-COLUMNS = ("success_rate", "mean_cost", "terminal_error", "ms_per_plan_all")
+COLUMNS = ("success_rate", "open_loop_success", "mean_cost", "terminal_error", "ms_per_plan_all")
 
 
 def ilqr_env_ids() -> list[str]:
@@ -41,17 +43,26 @@ def ilqr_env_ids() -> list[str]:
 
 
 class FixedPlans(PlanningPolicy):
-    """Executes plans made beforehand, open loop: ``plan`` returns them for the batch of starts
-    they were made for (so the env steps exactly these controls)."""
+    """Executes plans made beforehand for the batch of starts they were made for: tracked with
+    ``gains`` ``[B, N, m, n]`` where given, else open loop."""
 
-    def __init__(self, problem: ControlProblem, plans: np.ndarray):
-        super().__init__(problem)
-        self.plans = plans
+    def __init__(self, problem: ControlProblem, plans: np.ndarray,
+                 gains: np.ndarray | None = None):
+        super().__init__(problem, "")
+        self.plans, self.gains = plans, gains
 
-    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+    @property
+    def feedback(self) -> bool:
+        return self.gains is not None
+
+    def plan_and_gains(self, x0: np.ndarray,
+                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if len(x0) != len(self.plans):
             raise ValueError(f"{len(self.plans)} plans were made, {len(x0)} are asked for")
-        return self.plans
+        return self.plans, self.gains
+
+    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return self.plan_and_gains(x0, target)[0]
 
 
 def timed(solve, x0: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
@@ -69,19 +80,25 @@ def measure(env_id: str, episodes: int, seed: int,
     problem = expert.problem
     label = "iLQR" if isinstance(expert, ILQRExpert) else "box QP"
     x0, target = trc_gym.held_out_starts(env_id, episodes, seed)
-    expert.plan(x0[:1], target[:1])  # warm-up (torch.func, caches)
-    solvers = {label: expert.plan}
+    # What the policy sees: the env's float32 first observation.
+    seen = observation_parts(observations(problem, x0, target, 0), problem.n_state)[:2]
+    expert.plan(*(a[:1] for a in seen))  # warm-up (torch.func, caches)
+    solvers = {label: expert.plan_and_gains}
     if with_lqr:
-        solvers["clipped LQR"] = lambda x, t: clipped_lqr_plans(problem, x, t)
+        solvers["clipped LQR"] = lambda x, t: (clipped_lqr_plans(problem, x, t), None)
     rows, costs, notes = {}, {}, []
     for name, solve in solvers.items():
-        plans, ms = timed(solve, x0, target)
-        episodes_run = step_episodes(FixedPlans(problem, plans), env_id, x0, target)[0]
-        row = trajectory_metrics(problem, target, episodes_run)
+        (plans, gains), ms = timed(solve, *seen)
+        open_loop = step_episodes(FixedPlans(problem, plans), env_id, x0, target)[0]
+        run = open_loop if gains is None else \
+            step_episodes(FixedPlans(problem, plans, gains), env_id, x0, target)[0]
+        row = trajectory_metrics(problem, target, run)
+        row["open_loop_success"] = trajectory_metrics(problem, target,
+                                                      open_loop)["success_rate"]
         row["ms_per_plan_all"] = ms
-        rows[f"{env_id}: {name}"], costs[name] = row, episodes_run.costs
+        rows[f"{env_id}: {name}"], costs[name] = row, run.costs
         if name == label and hasattr(problem, "fuel_used"):  # the rocket reports fuel beside J
-            fuel = problem.fuel_used(episodes_run.states).mean()
+            fuel = problem.fuel_used(run.states).mean()
             notes.append(f"{env_id}: {label} burns {fuel:.1f} kg of fuel on average")
     if with_lqr:
         excess = costs[label] - costs["clipped LQR"]
@@ -114,7 +131,8 @@ def main() -> None:
             rows.update(env_rows)
             notes += env_notes
             for name, row in env_rows.items():
-                print(f"{name}: success {row['success_rate']:.1%}, mean cost "
+                print(f"{name}: success {row['success_rate']:.1%} (open loop "
+                      f"{row['open_loop_success']:.1%}), mean cost "
                       f"{row['mean_cost']:.3f}, {row['ms_per_plan_all']:.1f} ms/plan",
                       flush=True)
     envs_text = "every registered env with an iLQR expert" if args.envs is None else \
@@ -122,9 +140,12 @@ def main() -> None:
     lqr = [e for e in envs if e in args.lqr]
     text = (f"Produced by `{command}` ({envs_text}"
             f"{'; clipped LQR beside the expert on ' + ', '.join(lqr) if lqr else ''}).\n\n"
-            f"Expert plans stepped open loop through `gym.make(id)` on {args.episodes} held-out "
-            f"starts per env (seed {args.seed}); ms/plan: one batched solve of all "
-            f"{args.episodes} starts on one CPU thread, per start.\n\n"
+            f"Expert plans stepped through `gym.make(id)` on {args.episodes} held-out starts per "
+            f"env (seed {args.seed}), planned from the float32 first observation, with float32 "
+            f"actions: tracked with the expert's feedback gains (success, mean cost, terminal "
+            f"error), and open loop (the plans alone; clipped LQR's plans are open loop). "
+            f"ms/plan: one batched solve of all {args.episodes} starts on one CPU thread, gains "
+            f"included, per start.\n\n"
             f"{trc_gym.format_table(rows, columns=COLUMNS, first='env: expert')}\n")
     if notes:
         text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"

@@ -115,7 +115,7 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     record = json.loads((tmp_path / "results.json").read_text())
     assert set(record["results"]) == {"expert", "TRC cloned", "TRC fine-tuned", "TRC cloned (MPC)",
                                       "TRC fine-tuned (MPC)", "PPO", "random", "zero"}
-    assert record["results"]["expert"]["gap"] == 0.0
+    assert abs(record["results"]["expert"]["gap"]) < 1e-9  # float32 actions: not exactly 0
     from policies import load_policy
 
     assert load_policy(tmp_path / "trc_rl.pt").metadata["rl_env_steps"] > 0

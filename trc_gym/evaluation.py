@@ -3,8 +3,10 @@ same numbers, and every table is printed from the one registry of metrics below.
 
 Three ways to run episodes, which give the same controls, states and costs (tests pin it):
 
-- **plan**: anything with ``plan(x0, target) -> U`` that executes one plan per episode is
-  rolled out batched through the problem (`run_plans`);
+- **plan**: anything with ``plan(x0, target) -> U`` that executes one plan per episode, open
+  loop, is rolled out batched through the problem (`run_plans`), planned from the start as its
+  float32 observation gives it and with its controls rounded to the action space's float32, as
+  stepping the env hands them over;
 - **step**: anything with SB3's ``predict`` is stepped through ``gym.make(env_id)``, one env per
   episode, every episode's observation handed to ``predict`` as one batch per time step
   (`step_episodes`): what a user does;
@@ -27,7 +29,7 @@ import numpy as np
 
 from trc_gym.checks import check_number
 from trc_gym.envs import env_class, make_expert, make_problem
-from trc_gym.envs.base import ControlEnv, observations
+from trc_gym.envs.base import ACTION_DTYPE, ControlEnv, observation_parts, observations
 from trc_gym.problem import ControlProblem
 from trc_gym.threads import one_thread
 
@@ -93,16 +95,25 @@ def check_policy(policy: Any, env_id: str, env_kwargs: dict | None = None) -> No
 
 
 def acts_by_plan(policy: Any) -> bool:
-    """Whether ``policy`` acts by executing one plan per episode (evaluated batched through the
-    problem's rollout) rather than through ``predict`` (a receding-horizon planner replans at
-    every step, so it is stepped like any feedback policy)."""
-    return hasattr(policy, "plan") and not getattr(policy, "receding_horizon", False)
+    """Whether ``policy`` acts by executing one plan per episode open loop (evaluated batched
+    through the problem's rollout) rather than through ``predict`` (a receding-horizon planner
+    replans at every step and a tracking one corrects its plan with feedback gains, so they
+    are stepped like any feedback policy)."""
+    return (hasattr(policy, "plan") and not getattr(policy, "receding_horizon", False)
+            and not getattr(policy, "feedback", False))
 
 
 def run_plans(policy: Any, problem: ControlProblem, x0: np.ndarray,
               target: np.ndarray) -> Episodes:
-    """One plan per episode, rolled out through the problem (the env's states and cost)."""
-    controls = np.asarray(policy.plan(x0, target), dtype=np.float64)
+    """One plan per episode, rolled out through the problem (the env's states and cost): the
+    plan made from what the env's first observation shows (float32 ``x0`` and ``target``), its
+    controls rounded to the action space's dtype, as ``predict`` through ``gym.make`` runs it.
+    An unstable system amplifies that rounding: a float64 rollout of a float64 plan would judge
+    an open-loop planner more kindly than a user stepping the env finds it."""
+    seen_x0, seen_target, _ = observation_parts(observations(problem, x0, target, 0),
+                                                problem.n_state)
+    plans = np.asarray(policy.plan(seen_x0, seen_target))
+    controls = plans.astype(ACTION_DTYPE).astype(np.float64)
     return Episodes(controls, problem.rollout(x0, controls), problem.cost(x0, target, controls))
 
 
@@ -320,6 +331,7 @@ METRICS: dict[str, Metric] = {
     "expert_cost": Metric("expert cost", "{:.3f}"),
     "gap": Metric("gap to expert", "{:+.3%}"),
     "success_rate": Metric("success", "{:.1%}"),
+    "open_loop_success": Metric("success open loop", "{:.1%}"),
     "terminal_error": Metric("terminal error", "{:.4f}"),
     "effort": Metric("effort", "{:.3f}"),
     "violations": Metric("violations", "{:.1%}"),

@@ -2,9 +2,11 @@
 
 A subclass implements ``plan(x0, target) -> U [B, N, m]``; this base gives it SB3's
 ``predict(obs, state, episode_start, deterministic) -> (action, state)``, executing the plan
-open loop (the plan is made when the observation says the episode starts, i.e. time left is 1),
-or, with ``receding_horizon=True``, replanning from the current state at every step and applying
-the first control (model-predictive control with the full horizon).
+made when the observation says the episode starts (time left is 1): open loop, or, where
+`plan_and_gains` returns feedback gains, tracked with them (``u_k + K_k (x_k - xbar_k)``,
+clipped into the bound, on the planned states ``xbar``). With ``receding_horizon=True`` it
+replans from the current state at every step and applies the first control (model-predictive
+control with the full horizon).
 """
 
 from __future__ import annotations
@@ -26,10 +28,24 @@ class PlanningPolicy:
         self.receding_horizon = receding_horizon
         self._plans: np.ndarray | None = None  # [B, N, m] plans being executed
         self._plan_start: np.ndarray | None = None  # [B] step index each plan was made at
+        self._gains: np.ndarray | None = None  # [B, N, m, n] their feedback gains, if any
+        self._planned_states: np.ndarray | None = None  # [B, N+1, n] their trajectories
+
+    @property
+    def feedback(self) -> bool:
+        """Whether `predict` tracks its plans with feedback gains (`plan_and_gains`), so an
+        episode is not the open-loop rollout of its plan."""
+        return type(self).plan_and_gains is not PlanningPolicy.plan_and_gains
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Plans ``U [B, N, m]`` from ``x0 [B, n]`` to ``target [B, n]``."""
         raise NotImplementedError
+
+    def plan_and_gains(self, x0: np.ndarray,
+                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Plans ``U [B, N, m]`` and the feedback gains ``K [B, N, m, n]`` that `predict` tracks
+        them with; None (the default): executed open loop."""
+        return self.plan(x0, target), None
 
     def predict(self, observation: np.ndarray, state=None, episode_start=None,
                 deterministic: bool = True) -> tuple[np.ndarray, None]:
@@ -49,13 +65,24 @@ class PlanningPolicy:
             if self._plans is None or len(self._plans) != len(obs):
                 self._plans = np.zeros((len(obs), p.horizon, p.n_control))
                 self._plan_start = np.zeros(len(obs), dtype=int)
+                self._gains = np.zeros((len(obs), p.horizon, p.n_control, p.n_state))
+                self._planned_states = np.zeros((len(obs), p.horizon + 1, p.n_state))
                 replan[:] = True
             if episode_start is not None:
                 replan |= np.asarray(episode_start, dtype=bool).reshape(-1)
             if replan.any():
-                self._plans[replan] = self.plan(x[replan], target[replan])
+                plans, gains = self.plan_and_gains(x[replan], target[replan])
+                self._plans[replan] = plans
+                if gains is not None:
+                    self._gains[replan] = gains
+                    self._planned_states[replan] = p.rollout(x[replan], plans)
                 self._plan_start[replan] = step[replan]
+            rows = np.arange(len(obs))
             index = np.clip(step - self._plan_start, 0, p.horizon - 1)
-            actions = self._plans[np.arange(len(obs)), index]
+            actions = self._plans[rows, index]
+            if self.feedback:
+                deviation = p.state_error_np(x, self._planned_states[rows, index])
+                correction = (self._gains[rows, index] @ deviation[..., None])[..., 0]
+                actions = np.clip(actions + correction, p.u_low, p.u_high)
         actions = actions.astype(np.float32)
         return (actions[0] if single else actions), None

@@ -28,6 +28,8 @@ import numpy as np
 from trc_gym.experts.base import Expert
 from trc_gym.problem import ControlProblem, check_array
 
+ACTION_DTYPE = np.float32  # the action space's dtype: every action a user steps is rounded to it
+
 
 class ControlEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 10}
@@ -43,8 +45,8 @@ class ControlEnv(gym.Env):
         p = self.problem
         n_obs = 2 * p.n_state + 1 + np.size(p.observation_extras())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n_obs,), np.float32)
-        self.action_space = gym.spaces.Box(p.u_low.astype(np.float32),
-                                           p.u_high.astype(np.float32), dtype=np.float32)
+        self.action_space = gym.spaces.Box(p.u_low.astype(ACTION_DTYPE),
+                                           p.u_high.astype(ACTION_DTYPE), dtype=ACTION_DTYPE)
         self.state = np.zeros(p.n_state)
         self.target = np.zeros(p.n_state)
         self.step_index = 0

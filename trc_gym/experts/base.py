@@ -39,5 +39,14 @@ class Expert:
                              f"what the problem's float64 dynamics and cost can represent")
         return plans
 
+    def plan_and_gains(self, x0: np.ndarray,
+                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`plan`, with the time-varying feedback gains ``K [B, N, m, n]`` that track it: a
+        controller that applies ``u_k + K_k (x_k - xbar_k)`` (clipped into the bound) on the
+        planned trajectory ``xbar`` corrects small deviations from it, such as the rounding of
+        float32 actions and observations, which an unstable system amplifies open loop. None
+        (the default): the plan is executed as it is."""
+        return self.plan(x0, target), None
+
     def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} implements no solver")

@@ -142,6 +142,13 @@ class ILQRExpert(Expert):
             scores = np.stack([self.score(x0, target, plan) for plan in candidates])
         return candidates[scores.argmin(axis=0), np.arange(B)]
 
+    def plan_and_gains(self, x0: np.ndarray,
+                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        plans = self.plan(x0, target)
+        return plans, tracking_gains(self.problem, self.problem.check_states(x0, "x0"),
+                                     self.problem.check_states(target, "target", len(x0)), plans,
+                                     self.penalty_torch)
+
     def score(self, x0: np.ndarray, target: np.ndarray, plan: np.ndarray) -> np.ndarray:
         """The env's cost J plus the penalty ``[B]`` (on the trajectory as the env runs it,
         ended at a failure), offset by 1e12 for plans that fail, so successes win."""
@@ -155,6 +162,31 @@ class ILQRExpert(Expert):
         states, value = states.numpy(), value.numpy()
         ok = problem.success(states, target) & ~problem.constraint_violations(states)
         return np.where(ok, value, 1e12 + value)
+
+
+def tracking_gains(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U: np.ndarray,
+                   penalty: Penalty | None = None) -> np.ndarray:
+    """Feedback gains ``K [B, N, m, n]`` along plans ``U [B, N, m]`` from ``x0 [B, n]``: the
+    gains of `ilqr`'s backward pass at the plan (zero on controls held at a bound), with the
+    smallest Levenberg-Marquardt term in 0, 1e-6, 1e-4, ... that keeps every ``Quu``
+    positive definite. At a locally optimal plan they are the time-varying LQR of the
+    linearisation along it: the controller that tracks it."""
+    with torch.no_grad(), one_thread():
+        tgt, U_t = torch.from_numpy(target), torch.from_numpy(np.ascontiguousarray(U))
+        X = _smooth_rollout(problem, torch.from_numpy(x0), U_t)
+        derivs = _derivatives(problem, penalty, X, tgt, U_t)
+        K = np.zeros((*U.shape, problem.n_state))
+        todo = np.arange(len(x0))
+        for mu in (0.0, *10.0 ** np.arange(-6, 11, 2)):
+            idx = torch.from_numpy(todo)
+            _, K_mu, _, _, ok = _backward(problem, U_t[idx], torch.full((len(todo),), mu),
+                                          *(d[idx] for d in derivs[:-1]), derivs[-1])
+            ok = ok.numpy()
+            K[todo[ok]] = K_mu.numpy()[ok]
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+    return K
 
 
 def _smooth_rollout(problem: ControlProblem, x0: Tensor, U: Tensor) -> Tensor:
