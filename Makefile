@@ -19,11 +19,15 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(PY) examples/bc_then_rl.py
 
+# Test files spread over JOBS processes (pytest-xdist), each file in one (its compiled builds
+# are made once).
+JOBS ?= 2
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(JOBS) --dist loadfile
 
 test-all: install
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "slow or not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ temp file in the same folder and renamed, so no half-written checkpoint is ever 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -82,7 +83,10 @@ class TRCPolicy(PlanningPolicy):
         path = cache_dir() / f"TRCPlanner-{self._planner_key()}.pt2"
         try:
             if not path.exists():
-                compile_package(_Iterates(self.model).eval(), (x0, target), path)
+                # A private copy: tracing must not leave fake tensors in the problem's cache.
+                shadow = copy.deepcopy(self.model)
+                shadow.problem._torch_constants = {}
+                compile_package(_Iterates(shadow).eval(), (x0, target), path)
             trace["compiled"] = load_package(path)
         except Exception as exc:  # no compiler, an export limit: the traced graph serves
             warnings.warn(f"compiled planner unavailable ({type(exc).__name__}: {exc}); "

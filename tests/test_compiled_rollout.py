@@ -132,6 +132,11 @@ def test_the_compiled_planner_plans_as_the_traced_one(env_id):
     problem = traced.problem
     np.testing.assert_array_equal(*(problem.success(problem.rollout(x0, U), target)
                                     for U in plans))
+    # Compiling left the model as it was: its eager forward (training) gives the same plans.
+    with torch.no_grad():
+        eager = [p.model(*(torch.as_tensor(a[:3], dtype=torch.float32) for a in (x0, target)))
+                 ["controls"] for p in (traced, fast)]
+    torch.testing.assert_close(eager[1], eager[0], rtol=0, atol=0)
     for policy in (traced, fast):
         with torch.no_grad():
             next(policy.model.parameters()).add_(1e-3)
