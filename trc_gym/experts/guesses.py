@@ -40,6 +40,26 @@ def lqr_gains_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
                               problem.cost_weight)[0]
 
 
+def softened_lqr_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
+                       scales: tuple[float, ...]) -> list[np.ndarray]:
+    """Plans ``[B, N, m]`` of stationary LQR about ``target`` with the control weight ``R``
+    scaled up by each of ``scales``, flown from ``x0`` with its controls clipped: gentler
+    gains than the cost's own, which saturate and overshoot from starts far from the target
+    (a falling pole flung round a full turn), so that the catch stays within the bound."""
+    u_star = problem.equilibrium_control(target)
+    A, B = problem.jacobians(target, u_star)
+    plans = []
+    for scale in scales:
+        K = finite_horizon_lqr(A, B, problem.Q, scale * problem.R, problem.Qf,
+                               4 * problem.horizon, problem.cost_weight)[0]
+
+        def controller(x: np.ndarray, k: int, K: np.ndarray = K) -> np.ndarray:
+            return u_star - (K @ problem.state_error_np(x, target)[..., None])[..., 0]
+
+        plans.append(closed_loop_plans(problem, x0, controller))
+    return plans
+
+
 def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controller,
                     near: Callable[[np.ndarray], np.ndarray], kick: float = 0.0,
                     kick_steps: int = 0) -> Controller:
