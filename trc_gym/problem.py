@@ -173,9 +173,9 @@ class ControlProblem:
         u = self.clip_controls(U)
         w = self.cost_weight
         return {
-            "state": w * torch.einsum("bki,ij,bkj->bk", err[:, :-1], c["Q"], err[:, :-1]),
-            "control": w * torch.einsum("bki,ij,bkj->bk", u, c["R"], u),
-            "terminal": torch.einsum("bi,ij,bj->b", err[:, -1], c["Qf"], err[:, -1]),
+            "state": w * quadratic_form(err[:, :-1], c["Q"]),
+            "control": w * quadratic_form(u, c["R"]),
+            "terminal": quadratic_form(err[:, -1], c["Qf"]),
         }
 
     def cost_torch(self, x0: Tensor, target: Tensor, U: Tensor) -> Tensor:
@@ -333,6 +333,13 @@ def check_array(a: np.ndarray, name: str, shape: tuple[int, ...] | None,
         raise ValueError(f"{name} has an entry of magnitude {np.abs(a).max():.3g}, beyond "
                          f"{max_abs:.3g} (float32's range)")
     return a
+
+
+def quadratic_form(v: Tensor, M: Tensor) -> Tensor:
+    """``v' M v`` over the last dimension: ``v [..., n], M [n, n] -> [...]``. One matrix
+    product over all leading dimensions, then a row sum: several times faster, forward and
+    backward, than the batched products `torch.einsum` makes of it."""
+    return ((v @ M) * v).sum(-1)
 
 
 def wrap_angle(a: Tensor) -> Tensor:
