@@ -73,8 +73,8 @@ class PlanningPolicy:
             if replan.any():
                 plans, gains = self.plan_and_gains(x[replan], target[replan])
                 self._plans[replan] = plans
+                self._gains[replan] = 0.0 if gains is None else gains
                 if gains is not None:
-                    self._gains[replan] = gains
                     self._planned_states[replan] = p.rollout(x[replan], plans)
                 self._plan_start[replan] = step[replan]
             rows = np.arange(len(obs))
