@@ -2,6 +2,10 @@
 torch thread (batch 1 is what one robot waits for; intra-op threads only add overhead there).
 
     python examples/latency.py runs/DoubleIntegrator/trc_bc.pt runs/DoubleIntegrator/trc_rl.pt
+    python examples/latency.py runs/DoubleIntegrator/trc_rl.pt --compile   # compiled beside
+
+With ``--compile`` each checkpoint is also timed compiled (`TRCPolicy.compile`: the rollout
+and the whole planner), as another row.
 
 Every checkpoint must be for the same env (and env settings): they are timed on the same starts,
 in turn with the expert, so their ratios to the expert hold while the machine's speed drifts.
@@ -25,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--starts", type=int, default=200, help="batch-1 calls timed")
+    parser.add_argument("--compile", action="store_true",
+                        help="time each checkpoint compiled too (another row)")
     args = parser.parse_args()
     if not 1 <= args.starts <= BATCH:
         parser.error(f"--starts must be within [1, {BATCH}]")
@@ -36,6 +42,11 @@ def main() -> None:
     if other:
         parser.error(f"{other} are not for {env_id} {env_kwargs or ''} as "
                      f"{args.checkpoints[0]} is")
+    if args.compile:
+        for path in args.checkpoints:
+            compiled = load_policy(path)
+            compiled.compile()
+            policies[f"{path}, compiled"] = compiled
     policies["expert"] = ExpertPolicy(env_id, **env_kwargs)
     x0, target = trc_gym.held_out_starts(env_id, BATCH, env_kwargs=env_kwargs)
     with one_thread():
