@@ -144,6 +144,22 @@ def test_the_compiled_planner_plans_as_the_traced_one(env_id):
     assert "compiled" not in fast._trace
 
 
+@pytest.mark.slow
+def test_a_single_start_build_keeps_its_stack_buffers_after_other_compiles(monkeypatch,
+                                                                           tmp_path):
+    """Inductor picks its CPU wrapper generator once per process; a planner compiled first
+    must not leave a later single-start build without stack buffers (10x slower)."""
+    import zipfile
+
+    monkeypatch.setenv("TRC_CACHE_DIR", str(tmp_path))
+    assert TRCPolicy.create("TRC-DoubleIntegrator-v0", "small", n_refine=1).compile()
+    CompiledRollout(trc_gym.make_problem("TRC-VanDerPol-v0"))
+    (single,) = tmp_path.glob("VanDerPolProblem-*-single*.pt2")
+    with zipfile.ZipFile(single) as package:
+        (wrapper,) = [n for n in package.namelist() if n.endswith("wrapper.cpp")]
+        assert "aoti_include/array_ref.h" in package.read(wrapper).decode()
+
+
 def test_the_compiled_step_is_cached_on_disk(env_id, pair, monkeypatch):
     """A second problem of the same env loads the compiled step from disk, compiling nothing;
     other parameters mean another file."""

@@ -62,11 +62,23 @@ def compile_package(module: torch.nn.Module, example: tuple[Tensor, ...], path: 
         exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
+    # Inductor picks the CPU wrapper's code generator (with stack allocation or not) once per
+    # process, at its first compile; dropping the choice before and after makes each compile
+    # pick by its own options (a single-start build compiled after a planner was otherwise
+    # made without stack buffers, 10x slower).
+    from torch._inductor.codegen import common
+
+    def choose_again() -> None:
+        common.device_codegens.pop("cpu", None)
+        common.init_backend_registration.cache_clear()
+
     try:
         with torch._inductor.config.patch(options or {}):
+            choose_again()
             torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
         os.replace(tmp, path)
     finally:
+        choose_again()
         tmp.unlink(missing_ok=True)
 
 
