@@ -78,16 +78,21 @@ PAGE_NOTES = """
 Absolute times drift with the machine's load (up to 2x from minute to minute on a shared
 machine); the ratios, timed in alternation, hold. What sets the remaining time:
 - **The network:** with the planner compiled, a batch-1 plan is one call of compiled code
-  (and the rollout's calls inside it); the traced planner's few hundred small operations, of
-  which its 52 linear layers take over a third (`python examples/profile_plan.py`), are fused
-  into far fewer kernels.
+  (and the rollout's calls inside it), where the traced planner runs a few hundred small
+  operations (`python examples/profile_plan.py` lists them). On the double integrator, whose
+  rollout is one product, that halves the plan: about half the exact QP expert's time.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager
-  planner was already fast, and the network and the collision features bound the ratio.
-- **Cloning with the cost term:** the rollouts' share of a step is compiled, forward and VJP;
-  what remains is the network's own forward and backward at batch 512 (the column without the
-  term), which bounds the ratio. Batched builds call ATen's sin and cos through AOTInductor's
-  proxy executor (one call per operation and step, exact); MKL calls per value, as in the
-  single-start build, are slower at batch 512.
+  planner was already fast; its dynamics are the only linear ones among the compiled envs,
+  and the network and the collision features bound its ratio.
+- **Cloning with the cost term** (`python examples/profile_plan.py --env TRC-Quadrotor2D-v0
+  --cloning`, five steps of 176 ms): the network's matrix products take 23%, the compiled
+  rollouts' backward pass (the adjoint, with its chunk VJP calls) 19% and their forward 5%,
+  and ATen's sin and cos 11%: the batched builds call them through AOTInductor's proxy
+  executor, exact, 18,000 calls of 2.6 us (MKL calls per value, as in the single-start build,
+  are slower at batch 512). The network's own step (the column without the term) bounds the
+  ratio, at 3 to 4x on Pendulum, Quadrotor2D and Rocket and 1.6x on ObstacleNav. Going
+  further would take one vectorised MKL call per array for sin and cos inside the batched
+  builds, and a compiled forward and backward of the network itself.
 """
 
 
