@@ -72,11 +72,13 @@ class TRCPolicy(PlanningPolicy):
         """Compile the traced planner at batch 1 with AOTInductor, its weights as constants
         (cached on disk, keyed by a hash of the weights, the model's config and source, and
         the problem's compiled step). A batch-1 plan then runs as one call of compiled code:
-        about 3x faster than the frozen graph on the network's share. Inductor's own kernels
-        (matrix products, fused activations) round differently, so its plans equal the
-        traced planner's to float32 rounding (about 1e-7 relative; tests check 1e-5), not bit
-        for bit. It serves until a weight changes (then the traced graph does, until the next
-        `compile`). Returns False, with a warning, where compiling fails."""
+        about 2x faster than the frozen graph on the double integrator. Inductor's own
+        kernels (matrix products, fused activations) round differently, so its plans equal
+        the traced planner's to float32 rounding, not bit for bit: about 1e-7 relative, up to
+        2e-5 on CartPole, whose instability amplifies rounding (the traced planner's own plans
+        differ by more between batch sizes; tests check the larger of the two). It serves
+        until a weight changes (then the traced graph does, until the next `compile`).
+        Returns False, with a warning, where compiling fails."""
         n = self.problem.n_state
         x0, target = torch.zeros(1, n), torch.zeros(1, n)
         trace = self._current_trace(x0, target)
@@ -95,14 +97,16 @@ class TRCPolicy(PlanningPolicy):
         return True
 
     def _planner_key(self) -> str:
-        """A hash of what the compiled planner computes: weights, config, the model's source,
-        the problem's compiled rollouts (they name its step's source) and the torch version."""
+        """A hash of what the compiled planner computes: weights, config, the source of the
+        model and of this module, the problem's compiled rollouts (they name its step's source)
+        and the torch version."""
         digest = hashlib.sha256()
         for name, value in self.model.state_dict().items():
             digest.update(name.encode())
             digest.update(value.detach().contiguous().numpy().tobytes())
         digest.update(json.dumps(asdict(self.model.config), sort_keys=True).encode())
-        digest.update(inspect.getsource(inspect.getmodule(TinyRecursiveControl)).encode())
+        for module in (inspect.getmodule(TinyRecursiveControl), inspect.getmodule(_Iterates)):
+            digest.update(inspect.getsource(module).encode())
         rollouts = sorted(f.key for f in self.problem.fast_rollouts.values())
         digest.update(f"{problem_key(self.problem, torch.float32)};{rollouts};"
                       f"{torch.__version__}".encode())
