@@ -31,13 +31,15 @@ def closed_loop_plans(problem: ControlProblem, x0: np.ndarray,
     return np.stack(plan, axis=1)
 
 
-def lqr_gains_at(problem: ControlProblem, target: np.ndarray) -> np.ndarray:
+def lqr_gains_at(problem: ControlProblem, target: np.ndarray,
+                 r_scale: float = 1.0) -> np.ndarray:
     """Stationary LQR gains ``K [B, m, n]`` (``u = u* - K e``) of the linearisation at each rest
-    state ``target [B, n]``: the first gain of the finite-horizon recursion over 4 horizons."""
+    state ``target [B, n]``: the first gain of the finite-horizon recursion over 4 horizons,
+    with the control weight ``R`` scaled by ``r_scale``."""
     u_star = problem.equilibrium_control(target)
     A, B = problem.jacobians(target, u_star)
-    return finite_horizon_lqr(A, B, problem.Q, problem.R, problem.Qf, 4 * problem.horizon,
-                              problem.cost_weight)[0]
+    return finite_horizon_lqr(A, B, problem.Q, r_scale * problem.R, problem.Qf,
+                              4 * problem.horizon, problem.cost_weight)[0]
 
 
 def softened_lqr_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
@@ -47,11 +49,9 @@ def softened_lqr_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarr
     gains than the cost's own, which saturate and overshoot from starts far from the target
     (a falling pole flung round a full turn), so that the catch stays within the bound."""
     u_star = problem.equilibrium_control(target)
-    A, B = problem.jacobians(target, u_star)
     plans = []
     for scale in scales:
-        K = finite_horizon_lqr(A, B, problem.Q, scale * problem.R, problem.Qf,
-                               4 * problem.horizon, problem.cost_weight)[0]
+        K = lqr_gains_at(problem, target, scale)
 
         def controller(x: np.ndarray, k: int, K: np.ndarray = K) -> np.ndarray:
             return u_star - (K @ problem.state_error_np(x, target)[..., None])[..., 0]
