@@ -272,11 +272,11 @@ def test_rocket_success_conditions():
 
 # ------------------------------------------------------------------ expert optimality
 def objective(env_id, x0, target, U):
-    """What iLQR minimises: J plus the expert's penalty (barrier) terms, ``[B]``."""
+    """What iLQR minimises last: J plus the expert's final barrier stage, ``[B]``."""
     from trc_gym.experts.ilqr import objective_torch
 
     expert = trc_gym.make_expert(env_id)
-    problem, penalty = expert.problem, expert.penalty_torch
+    problem, penalty = expert.problem, expert.barrier(-1)
     with torch.no_grad():
         x0, target, U = (torch.as_tensor(a) for a in (x0, target, U))
         states = problem.rollout_torch(x0, U, terminate=False)

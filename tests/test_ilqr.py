@@ -98,9 +98,10 @@ class _ObstacleProblem(ControlProblem):
 class _ObstacleExpert(ILQRExpert):
     """iLQR with a barrier around the disc (a penalty outside J)."""
 
-    def penalty_torch(self, states, target):
-        depth = torch.clamp(1.0 - torch.linalg.norm(states[..., :2], dim=-1), min=0.0)
-        return 1000.0 * (depth**2).sum(1)
+    barrier_stages = ((0.0, 1000.0),)
+
+    def clearance_torch(self, states):
+        return torch.linalg.norm(states[..., :2], dim=-1) - 1.0
 
 
 def test_penalty_steers_the_plan_around_an_obstacle():

@@ -57,10 +57,12 @@ obstacle.
 
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) on J plus an obstacle barrier
-``1000 max(0, r_j + 0.1 - ||p_k - c_j||)^2`` (summed over steps and obstacles), started from
+``w max(0, r_j + margin - ||p_k - c_j||)^2`` (summed over steps and obstacles), started from
 the straight line and from detours through the via points ``(0, -2.5)``, ``(0, 0)`` and
 ``(0, 2.5)`` m, each flown by a clipped PD law tracking a point that moves along the path; the
-best successful, collision-free plan per start is kept.
+best successful, collision-free plan per start is kept. It is then solved again with the margin
+shrunk and the weight raised (continuation: ``(margin, w)`` = (0.1 m, 1e3), (0.01 m, 1e4),
+(0.002 m, 1e6)), so that its J pays almost nothing for the margin.
 
 ## Parameters
 | name | value | unit |
@@ -69,7 +71,7 @@ best successful, collision-free plan per start is kept.
 | horizon N | 50 | steps |
 | acceleration bound (per axis) | 2.0 | m/s^2 |
 | collision penalty | 1000 | - |
-| expert barrier margin, weight | 0.1, 1000 | m, per m^2 |
+| expert barrier (margin, weight) stages | (0.1, 1e3), (0.01, 1e4), (0.002, 1e6) | m, per m^2 |
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ OBSTACLES = np.array([  # centre x, centre y, radius (m)
 A_MAX = 2.0  # m/s^2 per axis
 GOAL = np.array([4.0, 0.0, 0.0, 0.0])
 COLLISION_PENALTY = 1000.0
-BARRIER_WEIGHT, BARRIER_MARGIN = 1000.0, 0.1  # expert only: per m^2, m
+# Expert only: the obstacle barrier's (margin m, weight per m^2) stages.
+BARRIER_STAGES = ((0.1, 1e3), (0.01, 1e4), (0.002, 1e6))
 VIA_X, VIA_YS = 0.0, (-2.5, 0.0, 2.5)  # detour via points of the initial guesses
 
 
@@ -164,11 +167,11 @@ class ObstacleNavProblem(LinearProblem):
 class ObstacleNavExpert(ILQRExpert):
     """iLQR on J plus an obstacle barrier, from the straight line and three detours."""
 
-    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
-        """Obstacle barrier for the expert, ``1000 max(0, 0.1 - clearance)^2`` summed over the
-        states after the start and the obstacles."""
-        gap = torch.relu(BARRIER_MARGIN - self.problem.clearance_torch(states[:, 1:, :2]))
-        return BARRIER_WEIGHT * (gap * gap).sum((1, 2))
+    barrier_stages = BARRIER_STAGES
+
+    def clearance_torch(self, states: Tensor) -> Tensor:
+        """Each state's distance to each obstacle's edge after the start ``[B, N, K]``."""
+        return self.problem.clearance_torch(states[:, 1:, :2])
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The straight line to the goal, and detours through each via point ``(0, y)``, each

@@ -60,10 +60,11 @@ it is ``problem.fuel_used(states)``.
 
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) minimising J plus a quadratic ground barrier
-(``1000 max(0, 0.5 m - z_k)^2`` for ``k < N``), started from the energy-optimal
+(``w max(0, margin - z_k)^2`` for ``k < N``), started from the energy-optimal
 fixed-time guidance law (``a = 6 (r* - r - v t_go) / t_go^2 - 2 (v* - v) / t_go - g``) flown
 closed loop with its thrust clipped, and from a constant hover thrust; the best plan per start
-is kept.
+is kept, then solved again with the margin shrunk and the weight raised (continuation:
+``(margin, w)`` = (0.5 m, 1e3), (0.1 m, 1e4), (0.02 m, 1e6)).
 
 ## Parameters
 | name | value | unit |
@@ -77,6 +78,7 @@ is kept.
 | horizon N | 40 | steps |
 | crash penalty | 1000 | - |
 | touchdown: altitude, pad radius, speed | 1, 5, 2 | m, m, m/s |
+| expert barrier (margin, weight) stages | (0.5, 1e3), (0.1, 1e4), (0.02, 1e6) | m, per m^2 |
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ NORM_EPS = 1e-6  # kN^2: smooths ||T|| at zero thrust
 T_LAT, T_VERT = 5.0, 16.0  # kN
 TOUCHDOWN_ALTITUDE, PAD_RADIUS, LANDING_SPEED = 1.0, 5.0, 2.0  # m, m, m/s
 CRASH_PENALTY = 1000.0
-GROUND_BARRIER, GROUND_MARGIN = 1000.0, 0.5  # expert only: weight per m^2, m
+# Expert only: the ground barrier's (margin m, weight per m^2) stages.
+BARRIER_STAGES = ((0.5, 1e3), (0.1, 1e4), (0.02, 1e6))
 
 
 class RocketProblem(ControlProblem):
@@ -166,10 +169,12 @@ class RocketProblem(ControlProblem):
 class RocketExpert(ILQRExpert):
     """iLQR on J plus a ground barrier, from guidance-law and hover guesses."""
 
-    def penalty_torch(self, states: Tensor, target: Tensor) -> Tensor:
-        """Ground barrier for the expert: ``1000 max(0, 0.5 - z_k)^2`` summed over k < N."""
-        gap = torch.relu(GROUND_MARGIN - states[:, 1:-1, 2])
-        return GROUND_BARRIER * (gap * gap).sum(1)
+    barrier_stages = BARRIER_STAGES
+
+    def clearance_torch(self, states: Tensor) -> Tensor:
+        """The altitude of the states before the last ``[B, N-1]`` (the last is judged by
+        success)."""
+        return states[:, 1:-1, 2]
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The energy-optimal fixed-time guidance law flown closed loop (thrust clipped into

@@ -83,13 +83,49 @@ def swing_up_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, 
                    kick_steps: int) -> list[np.ndarray]:
     """Plans ``[B, N, m]`` of `pump_then_catch` flown from ``x0``: with no kick, and with a kick
     of ``+kick`` and of ``-kick`` for ``kick_steps`` steps (both swing directions). The LQR
-    catches where ``|e_i| + w |e_(i+1)| < r`` for ``catch = (i, w, r)``: the error of the angle
-    at state index ``i`` (rad) and of its rate after it (rad/s)."""
+    catches in the region `catch_region` describes."""
+    near = catch_region(problem, target, catch)
+    return [closed_loop_plans(problem, x0, pump_then_catch(problem, target, pump, near, k, s))
+            for k, s in ((0.0, 0), (kick, kick_steps), (-kick, kick_steps))]
+
+
+def catch_region(problem: ControlProblem, target: np.ndarray,
+                 catch: tuple[int, float, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """``near(x) [B]``: whether states ``x [B, n]`` are where an LQR catch takes over,
+    ``|e_i| + w |e_(i+1)| < r`` for ``catch = (i, w, r)``: the error of the angle at state
+    index ``i`` (rad) and of its rate after it (rad/s), about ``target [B, n]``."""
     i, weight, radius = catch
 
     def near(x: np.ndarray) -> np.ndarray:
         e = problem.state_error_np(x, target)
         return np.abs(e[:, i]) + weight * np.abs(e[:, i + 1]) < radius
 
-    return [closed_loop_plans(problem, x0, pump_then_catch(problem, target, pump, near, k, s))
-            for k, s in ((0.0, 0), (kick, kick_steps), (-kick, kick_steps))]
+    return near
+
+
+def bang_bang_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
+                    switch_steps: np.ndarray, catch: tuple[int, float, float]) -> np.ndarray:
+    """Plans ``[S, B, N, 1]`` of a single control: full control of one sign, switched at each
+    of the steps in a row of ``switch_steps [S, 1 + k]`` (its first entry is the first sign,
+    +1 or -1; then k increasing steps), with an LQR catch about ``target`` wherever
+    `catch_region` says so. All ``S * B`` rollouts run as one batch."""
+    if problem.n_control != 1:
+        raise ValueError(f"bang_bang_plans needs a single control, {problem.name} has "
+                         f"{problem.n_control}")
+    switch_steps = np.asarray(switch_steps)
+    S, B, N = len(switch_steps), len(x0), problem.horizon
+    flips = (np.arange(N)[None, :, None] >= switch_steps[:, None, 1:]).sum(-1)  # [S, N]
+    signs = switch_steps[:, :1] * (-1.0) ** flips
+    bound = np.where(signs > 0, problem.u_high[0], -problem.u_low[0]) * signs  # [S, N]
+    schedule = np.repeat(bound, B, axis=0)  # rows in the order of np.tile(x0, (S, 1))
+    targets = np.tile(target, (S, 1))
+    near = catch_region(problem, targets, catch)
+    K = lqr_gains_at(problem, target)
+    u_star = problem.equilibrium_control(target)
+    K, u_star = np.tile(K, (S, 1, 1)), np.tile(u_star, (S, 1))
+
+    def controller(x: np.ndarray, k: int) -> np.ndarray:
+        lqr = u_star - (K @ problem.state_error_np(x, targets)[..., None])[..., 0]
+        return np.where(near(x)[:, None], lqr, schedule[:, k:k + 1])
+
+    return closed_loop_plans(problem, np.tile(x0, (S, 1)), controller).reshape(S, B, N, 1)

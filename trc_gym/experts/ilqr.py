@@ -31,7 +31,7 @@ plan is never worse than its initial guess. `ILQRExpert` runs `ilqr` from each o
 initial guesses and keeps, per start, the best successful plan.
 
 ``penalty`` (an env's soft state-constraint terms, e.g. obstacle or ground barriers; see
-`ILQRExpert.penalty_torch`) must be a sum of terms each depending on one state of one
+`ILQRExpert.barrier`) must be a sum of terms each depending on one state of one
 trajectory (e.g. a barrier per time step): its Hessian blocks are read off per time step.
 """
 
@@ -107,12 +107,28 @@ class ILQRExpert(Expert):
     best successful guess.
 
     An env's expert subclasses this: `initial_guesses` (default: clipped finite-horizon LQR of
-    the linearisation at the target, and zeros), `penalty_torch` (soft state-constraint terms
-    besides J; default none) and ``options`` (keyword settings of `ilqr`).
+    the linearisation at the target, and zeros), `clearance_torch` and `barrier_stages` (hard
+    state constraints; default none) and ``options`` (keyword settings of `ilqr`).
     """
 
     parallel = True
     options: ClassVar[dict[str, Any]] = {}
+    # Hard state constraints, as the clearances ``[B, ...]`` of trajectories ``states
+    # [B, N+1, n]`` (>= 0 where safe, e.g. each state's distance to each obstacle's edge): a
+    # method ``clearance_torch(states)`` in subclasses, each entry depending on one state.
+    clearance_torch: Callable[[Tensor], Tensor] | None = None
+    # The barrier ``weight * sum max(0, margin - clearance)^2`` that iLQR minimises besides J,
+    # as a continuation of ``(margin, weight)`` stages: the first is solved from every guess,
+    # each later one from the previous stage's plan. A wide, soft first margin keeps the
+    # solver clear of the constraints while it chooses a route; the later ones shrink the
+    # margin (the price in J the plan pays for it) and stiffen the barrier, so that the plan
+    # ends within about the last margin of the constraint without crossing it.
+    barrier_stages: ClassVar[tuple[tuple[float, float], ...]] = ()
+    # A sampling stage: a method ``screened_guesses(x0, target) -> [S, B, N, m]`` in subclasses
+    # gives many cheap plans, of which the `screen_keep` of lowest J per start join the initial
+    # guesses (on a swing-up, J ranks the basins well before any solve). None: no screening.
+    screened_guesses: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    screen_keep: ClassVar[int] = 4
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Plans ``[B, N, m]`` to start iLQR from."""
@@ -120,45 +136,75 @@ class ILQRExpert(Expert):
         zeros = np.clip(np.zeros((len(x0), p.horizon, p.n_control)), p.u_low, p.u_high)
         return [clipped_lqr_plans(p, x0, target), zeros]
 
-    # Soft state-constraint terms ``[B]`` of trajectories ``states [B, N+1, n]`` minimised
-    # besides J: a method ``penalty_torch(states, target)`` in subclasses, each term depending
-    # on a single state (the solver reads its Hessian per time step). None: no such terms.
-    penalty_torch: Penalty | None = None
+    def screen(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        """The `screen_keep` plans ``[B, N, m]`` of `screened_guesses` with the lowest J per
+        start (none without screening)."""
+        if self.screened_guesses is None:
+            return []
+        plans = self.screened_guesses(x0, target)
+        S, B = plans.shape[:2]
+        J = self.problem.cost(np.tile(x0, (S, 1)), np.tile(target, (S, 1)),
+                              plans.reshape(S * B, *plans.shape[2:])).reshape(S, B)
+        best = np.argsort(J, axis=0, kind="stable")[:self.screen_keep]  # [k, B]
+        return list(plans[best, np.arange(B)])
+
+    def barrier(self, stage: int) -> Penalty | None:
+        """The barrier of ``barrier_stages[stage]`` (``(states, target) -> [B]``), or None on a
+        problem without hard state constraints."""
+        if self.clearance_torch is None or not self.barrier_stages:
+            return None
+        margin, weight = self.barrier_stages[stage]
+
+        def penalty(states: Tensor, target: Tensor) -> Tensor:
+            gap = torch.relu(margin - self.clearance_torch(states))
+            return weight * (gap * gap).flatten(1).sum(1)
+
+        return penalty
 
     def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         problem = self.problem
         with one_thread():  # the guesses' closed-loop rollouts are small-tensor work too
             guesses = [np.clip(problem.check_plan(x0, g)[1], problem.u_low, problem.u_high)
-                       for g in self.initial_guesses(x0, target)]
+                       for g in self.initial_guesses(x0, target) + self.screen(x0, target)]
             G, B = len(guesses), len(x0)
             if G == 0:
                 raise ValueError(f"{type(self).__name__}: initial_guesses returned no plan")
             # All guesses in one batch: the solver's cost per iteration is mostly per-call
             # overhead.
+            penalty = self.barrier(0)
             solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
-                          np.concatenate(guesses), penalty=self.penalty_torch,
+                          np.concatenate(guesses), penalty=penalty,
                           **self.options)[0].reshape(G, B, *guesses[0].shape[1:])
             candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
-            scores = np.stack([self.score(x0, target, plan) for plan in candidates])
-        return candidates[scores.argmin(axis=0), np.arange(B)]
+            scores = np.stack([self.score(x0, target, plan, penalty) for plan in candidates])
+            best = candidates[scores.argmin(axis=0), np.arange(B)]
+            for stage in range(1, len(self.barrier_stages)):
+                penalty = self.barrier(stage)
+                refined = ilqr(problem, x0, target, best, penalty=penalty, **self.options)[0]
+                better = (self.score(x0, target, refined, penalty)
+                          <= self.score(x0, target, best, penalty))
+                best = np.where(better[:, None, None], refined, best)
+        return best
 
     def plan_and_gains(self, x0: np.ndarray,
                        target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         plans = self.plan(x0, target)
-        return plans, tracking_gains(self.problem, self.problem.check_states(x0, "x0"),
-                                     self.problem.check_states(target, "target", len(x0)), plans,
-                                     self.penalty_torch)
+        p = self.problem
+        return plans, tracking_gains(p, p.check_states(x0, "x0"),
+                                     p.check_states(target, "target", len(x0)), plans,
+                                     self.barrier(-1))
 
-    def score(self, x0: np.ndarray, target: np.ndarray, plan: np.ndarray) -> np.ndarray:
-        """The env's cost J plus the penalty ``[B]`` (on the trajectory as the env runs it,
+    def score(self, x0: np.ndarray, target: np.ndarray, plan: np.ndarray,
+              penalty: Penalty | None = None) -> np.ndarray:
+        """The env's cost J plus ``penalty`` ``[B]`` (on the trajectory as the env runs it,
         ended at a failure), offset by 1e12 for plans that fail, so successes win."""
         problem = self.problem
         with torch.no_grad():
             tgt, U = torch.from_numpy(target), torch.from_numpy(plan)
             states = problem.rollout_torch(torch.from_numpy(x0), U)
             value = problem.cost_torch(torch.from_numpy(x0), tgt, U)
-            if self.penalty_torch is not None:
-                value = value + self.penalty_torch(states, tgt)
+            if penalty is not None:
+                value = value + penalty(states, tgt)
         states, value = states.numpy(), value.numpy()
         ok = problem.success(states, target) & ~problem.constraint_violations(states)
         return np.where(ok, value, 1e12 + value)
