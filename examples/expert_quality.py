@@ -7,6 +7,13 @@ rates, mean cost (the episode's -return), terminal error and solve time per plan
                                                                # iLQR expert
     python examples/expert_quality.py --envs TRC-Pendulum-v0 --episodes 100
 
+Each expert plan's cost J is compared with an independent reference's from the same start
+(`trc_gym.experts.reference`: IPOPT on a multiple-shooting NLP of dynamics written again in
+CasADi, started from the expert's plan, from zeros and from guesses of its own; the lowest J
+that succeeds wins): the distribution of ``J_expert / J_reference - 1`` over the starts (mean,
+95th percentile, worst), and the reference's time per start. ``--no-reference`` skips it (it
+needs CasADi, in the package's ``reference`` and ``dev`` extras).
+
 Clipped finite-horizon LQR (the iLQR expert's starting plan) is measured beside the expert on
 the envs named by ``--lqr`` (default Van der Pol), with how often the expert's cost exceeds it.
 Solve time is the wall time of one batched ``Expert.plan`` call over all starts on one thread,
@@ -34,7 +41,8 @@ from trc_gym.planning_policy import PlanningPolicy
 from trc_gym.problem import ControlProblem
 from trc_gym.threads import one_thread
 
-COLUMNS = ("success_rate", "open_loop_success", "mean_cost", "terminal_error", "ms_per_plan_all")
+COLUMNS = ("success_rate", "open_loop_success", "mean_cost", "terminal_error", "ms_per_plan_all",
+           "excess_mean", "excess_p95", "excess_max", "reference_s_per_plan")
 
 
 def ilqr_env_ids() -> list[str]:
@@ -72,10 +80,26 @@ def timed(solve, x0: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]
     return plans, 1000.0 * (time.perf_counter() - start) / len(x0)
 
 
-def measure(env_id: str, episodes: int, seed: int,
-            with_lqr: bool) -> tuple[dict[str, dict], list[str]]:
-    """``(rows, notes)`` for one env: the expert's row, clipped LQR's if ``with_lqr``, and notes
-    (the expert's excess over LQR, the rocket's fuel)."""
+def reference_excess(problem: ControlProblem, x0: np.ndarray, target: np.ndarray,
+                     plans: np.ndarray) -> dict[str, float]:
+    """The excess of ``plans``' cost over the reference's from the same starts (mean, p95,
+    worst) and the reference's seconds per start."""
+    from trc_gym.experts.reference import reference_plans
+
+    x0, target = (np.asarray(a, dtype=np.float64) for a in (x0, target))
+    start = time.perf_counter()
+    _, best = reference_plans(problem, x0, target, guesses=[plans])
+    seconds = (time.perf_counter() - start) / len(x0)
+    excess = problem.cost(x0, target, plans) / best - 1.0
+    return {"excess_mean": float(excess.mean()), "excess_p95": float(np.quantile(excess, 0.95)),
+            "excess_max": float(excess.max()), "reference_s_per_plan": seconds}
+
+
+def measure(env_id: str, episodes: int, seed: int, with_lqr: bool,
+            with_reference: bool) -> tuple[dict[str, dict], list[str]]:
+    """``(rows, notes)`` for one env: the expert's row (with its excess over the reference if
+    ``with_reference``), clipped LQR's if ``with_lqr``, and notes (the expert's excess over LQR,
+    the rocket's fuel)."""
     expert = trc_gym.make_expert(env_id)
     problem = expert.problem
     label = "iLQR" if isinstance(expert, ILQRExpert) else "box QP"
@@ -96,6 +120,8 @@ def measure(env_id: str, episodes: int, seed: int,
         row["open_loop_success"] = trajectory_metrics(problem, target,
                                                       open_loop)["success_rate"]
         row["ms_per_plan_all"] = ms
+        if name == label and with_reference:
+            row.update(reference_excess(problem, *seen, plans))
         rows[f"{env_id}: {name}"], costs[name] = row, run.costs
         if name == label and hasattr(problem, "fuel_used"):  # the rocket reports fuel beside J
             fuel = problem.fuel_used(run.states).mean()
@@ -115,6 +141,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--lqr", nargs="*", default=["TRC-VanDerPol-v0"],
                         help="envs on which clipped LQR is measured beside the expert")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the comparison with the CasADi/IPOPT reference")
     parser.add_argument("--out", type=Path, default=Path("docs/expert_quality.md"))
     args = parser.parse_args()
     envs = args.envs or ilqr_env_ids()
@@ -127,13 +155,16 @@ def main() -> None:
     rows, notes = {}, []
     with one_thread():
         for env_id in envs:
-            env_rows, env_notes = measure(env_id, args.episodes, args.seed, env_id in args.lqr)
+            env_rows, env_notes = measure(env_id, args.episodes, args.seed, env_id in args.lqr,
+                                          args.reference)
             rows.update(env_rows)
             notes += env_notes
             for name, row in env_rows.items():
+                excess = (f", excess over reference mean {row['excess_mean']:+.3%}, worst "
+                          f"{row['excess_max']:+.3%}" if "excess_mean" in row else "")
                 print(f"{name}: success {row['success_rate']:.1%} (open loop "
                       f"{row['open_loop_success']:.1%}), mean cost "
-                      f"{row['mean_cost']:.3f}, {row['ms_per_plan_all']:.1f} ms/plan",
+                      f"{row['mean_cost']:.3f}, {row['ms_per_plan_all']:.1f} ms/plan{excess}",
                       flush=True)
     envs_text = "every registered env with an iLQR expert" if args.envs is None else \
         ", ".join(envs)
@@ -145,7 +176,12 @@ def main() -> None:
             f"actions: tracked with the expert's feedback gains (success, mean cost, terminal "
             f"error), and open loop (the plans alone; clipped LQR's plans are open loop). "
             f"ms/plan: one batched solve of all {args.episodes} starts on one CPU thread, gains "
-            f"included, per start.\n\n"
+            f"included, per start."
+            + (" Excess over reference: the expert's plan cost J over the best J of an independent"
+               " IPOPT multiple-shooting solve (`trc_gym.experts.reference`: started from the "
+               "expert's plan, from zeros and from guesses of its own) from the same start, "
+               "over the starts; reference s/plan: its time per start." if args.reference else "")
+            + "\n\n"
             f"{trc_gym.format_table(rows, columns=COLUMNS, first='env: expert')}\n")
     if notes:
         text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"

@@ -340,6 +340,11 @@ METRICS: dict[str, Metric] = {
     "ms_per_action": Metric("ms/action", "{:.3f}"),
     "ms_per_plan_batched": Metric("ms/plan (batch 1024)", "{:.4f}"),
     "ms_per_plan_all": Metric("ms/plan (all starts in one batch)", "{:.1f}"),
+    # An expert's plan cost over an independent reference's (examples/expert_quality.py).
+    "excess_mean": Metric("excess over reference: mean", "{:+.3%}"),
+    "excess_p95": Metric("p95", "{:+.3%}"),
+    "excess_max": Metric("worst", "{:+.3%}"),
+    "reference_s_per_plan": Metric("reference s/plan", "{:.2f}"),
     "vs_expert": Metric("x expert (batch 1)", "{:.2f}"),
     "parameters": Metric("parameters", "{:,}"),
     "expert_solves": Metric("expert solves", "{:,}"),

@@ -48,10 +48,12 @@ origin, or with ``random_target=True`` the cart at ``x* ~ U[-1, 1]``, pole up, a
 
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) from several initial guesses, best plan kept:
-clipped LQR, zero force, and energy pumping of the pole (Astrom & Furuta's rule, bang-bang,
-with cart-centering terms, then an LQR catch near upright) with no kick, a kick left and a
-kick right, and clipped LQR with the control weight scaled by 10, 100 and 1000 (gentler
-catches, which stay within the force bound where the cost's own LQR saturates).
+clipped LQR, zero force, clipped LQR with the control weight scaled by 10, 100 and 1000
+(gentler catches, which stay within the force bound where the cost's own LQR saturates), and
+the four cheapest (by J) of 25 screened swing-ups: energy pumping of the pole (Astrom &
+Furuta's rule, bang-bang, with cart-centering terms, then an LQR catch near upright) with no
+kick, and with a kick of full force left or right for 1 to 12 steps. How long the first push
+lasts decides whether the pole comes over the top in one swing or falls back.
 
 ## Parameters
 | name | value | unit |
@@ -123,13 +125,22 @@ class CartPoleProblem(ControlProblem):
 SOFTENED_LQR = (10.0, 100.0, 1000.0)
 
 
+# The expert's screened swing-ups: energy pumping after a kick at full force either way for each
+# of these numbers of steps (and with no kick), then an LQR catch near upright.
+KICK_STEPS = tuple(range(1, 13))
+CATCH = (2, 0.1, 0.4)  # the LQR catch: |pole angle error| + 0.1 |pole rate error| < 0.4
+
+
 class CartPoleExpert(ILQRExpert):
-    """iLQR from clipped LQR, zero force, energy pumping with an LQR catch near upright (no
-    kick, a kick left, a kick right) and gentler clipped LQR catches (`SOFTENED_LQR`)."""
+    """iLQR from clipped LQR, zero force, gentler clipped LQR catches (`SOFTENED_LQR`), and the
+    four cheapest of the screened energy-pumping swing-ups with an LQR catch near upright
+    (`KICK_STEPS`)."""
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
-        problem = self.problem
-        guesses = super().initial_guesses(x0, target)
+        return (super().initial_guesses(x0, target)
+                + softened_lqr_plans(self.problem, x0, target, SOFTENED_LQR))
+
+    def screened_guesses(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         inertia = 4.0 / 3.0 * POLE_MASS * HALF_LENGTH**2  # about the hinge
         upright = POLE_MASS * GRAVITY * HALF_LENGTH
 
@@ -143,9 +154,8 @@ class CartPoleExpert(ILQRExpert):
             centre = -0.3 * (x[:, 0] - target[:, 0]) - 0.3 * x[:, 1]
             return (MAX_FORCE * np.clip(push + centre, -1.0, 1.0))[:, None]
 
-        catch = (2, 0.1, 0.4)  # |pole angle error| + 0.1 |pole rate error| < 0.4
-        return (guesses + swing_up_plans(problem, x0, target, pump, catch, MAX_FORCE, 4)
-                + softened_lqr_plans(problem, x0, target, SOFTENED_LQR))
+        return np.stack(swing_up_plans(self.problem, x0, target, pump, CATCH, MAX_FORCE,
+                                       KICK_STEPS))
 
 
 class CartPoleEnv(ControlEnv):

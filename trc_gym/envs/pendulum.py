@@ -42,8 +42,11 @@ also adds ``-e_N' Qf e_N`` with ``Qf = diag(100, 10)``. The episode return is ex
 
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) from several initial guesses, best plan kept:
-clipped LQR, zero torque, and energy pumping (``u = bound * sign(th' (E* - E))`` with an LQR
-catch near the top) started with no kick, a kick left and a kick right.
+clipped LQR, zero torque, energy pumping (``u = bound * sign(th' (E* - E))`` with an LQR
+catch near the top) started with no kick, a kick left and a kick right, and the four cheapest
+(by J) of 342 screened bang-bang swing-ups: full torque of either sign, switched at two steps
+(every pair of 2, 4, ..., 38), then the LQR catch. The cheapest swing-up reaches the top
+early with few, full swings; the screen ranks those before any solve.
 
 ## Parameters
 | name | value | unit |
@@ -58,6 +61,7 @@ catch near the top) started with no kick, a kick left and a kick right.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -67,7 +71,7 @@ from torch import Tensor
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
 from trc_gym.experts import ILQRExpert
-from trc_gym.experts.guesses import swing_up_plans
+from trc_gym.experts.guesses import bang_bang_plans, swing_up_plans
 from trc_gym.problem import ControlProblem, wrap_angle
 
 G, MASS, LENGTH, MAX_TORQUE = 10.0, 1.0, 1.0, 2.0
@@ -93,9 +97,20 @@ class PendulumProblem(ControlProblem):
         return torch.cat([wrap_angle(e[..., :1]), e[..., 1:]], dim=-1)
 
 
+# The expert's screened bang-bang swing-ups: full torque of a first sign, switched at two
+# steps from every pair in 2, 4, ..., 38 (up to 1.9 s), then an LQR catch near the top.
+BANG_BANG_SWITCHES = np.array([(sign, *steps) for sign in (1, -1)
+                               for steps in itertools.combinations(range(2, 40, 2), 2)])
+CATCH = (0, 0.2, 0.6)  # the LQR catch: |angle error| + 0.2 |rate error| < 0.6
+
+
 class PendulumExpert(ILQRExpert):
-    """iLQR from clipped LQR, zero torque, and energy pumping with an LQR catch near the top
-    (no kick, a kick left, a kick right)."""
+    """iLQR from clipped LQR, zero torque, energy pumping with an LQR catch near the top (no
+    kick, a kick left, a kick right), and the four cheapest of the screened bang-bang
+    swing-ups (`BANG_BANG_SWITCHES`)."""
+
+    def screened_guesses(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return bang_bang_plans(self.problem, x0, target, BANG_BANG_SWITCHES, CATCH)
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         problem = self.problem
@@ -109,8 +124,7 @@ class PendulumExpert(ILQRExpert):
             push = np.where(x[:, 1] == 0.0, 1.0, push)  # at rest: any push starts the swing
             return MAX_TORQUE * push[:, None]
 
-        catch = (0, 0.2, 0.6)  # |angle error| + 0.2 |rate error| < 0.6
-        return guesses + swing_up_plans(problem, x0, target, pump, catch, MAX_TORQUE, 6)
+        return guesses + swing_up_plans(problem, x0, target, pump, CATCH, MAX_TORQUE, (6,))
 
 
 class PendulumEnv(ControlEnv):

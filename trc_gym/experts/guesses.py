@@ -8,7 +8,7 @@ crude but globally working feedback law gives the solver a plan in the right bas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -80,13 +80,14 @@ def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controlle
 
 def swing_up_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, pump: Controller,
                    catch: tuple[int, float, float], kick: float,
-                   kick_steps: int) -> list[np.ndarray]:
-    """Plans ``[B, N, m]`` of `pump_then_catch` flown from ``x0``: with no kick, and with a kick
-    of ``+kick`` and of ``-kick`` for ``kick_steps`` steps (both swing directions). The LQR
-    catches in the region `catch_region` describes."""
+                   kick_steps: Sequence[int]) -> list[np.ndarray]:
+    """Plans ``[B, N, m]`` of `pump_then_catch` flown from ``x0``: with no kick, then with a kick
+    of ``+kick`` and of ``-kick`` (both swing directions) for each number of steps in
+    ``kick_steps``. The LQR catches in the region `catch_region` describes."""
     near = catch_region(problem, target, catch)
+    kicks = [(0.0, 0)] + [(sign * kick, steps) for steps in kick_steps for sign in (1, -1)]
     return [closed_loop_plans(problem, x0, pump_then_catch(problem, target, pump, near, k, s))
-            for k, s in ((0.0, 0), (kick, kick_steps), (-kick, kick_steps))]
+            for k, s in kicks]
 
 
 def catch_region(problem: ControlProblem, target: np.ndarray,
