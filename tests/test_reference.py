@@ -1,7 +1,7 @@
 """The CasADi/IPOPT reference (`trc_gym.experts.reference`): its dynamics and cost, written
 again from the env docstrings, agree with the package's torch ones (two implementations
-agreeing is what makes the reference trustworthy), and its plans are successful and no costlier
-than the zero plan, clipped LQR and (slow) the expert's own plans."""
+agreeing is what makes the reference trustworthy), its plans are successful and no costlier
+than the zero plan and clipped LQR, and the iLQR expert is within tolerance of it."""
 
 import importlib
 import math
@@ -14,8 +14,6 @@ import pytest
 import trc_gym
 from trc_gym.envs import env_name
 from trc_gym.experts import clipped_lqr_plans
-
-pytest.importorskip("casadi")
 from trc_gym.experts.reference import MODELS, reference_plans, symbolic_model
 
 ENV_IDS = [f"TRC-{name}-v0" for name in MODELS]
@@ -123,16 +121,36 @@ def test_missing_casadi_says_how_to_install(monkeypatch):
         importlib.import_module("trc_gym.experts.reference")
 
 
-@pytest.mark.slow
+# Starts on which the expert is checked against the reference (default: three held-out ones):
+# the swing-ups' include starts where a weaker global strategy settles in a worse optimum
+# (a pendulum near hanging, poles falling or far from upright).
+EXPERT_STARTS = {
+    "TRC-Pendulum-v0": np.array([[-3.086, 0.468], [2.2289, 0.2032], [math.pi, 0.0]]),
+    "TRC-CartPole-v0": np.array([[0.310, 0.083, 0.276, 0.451], [-0.491, 0.234, 2.079, 0.182],
+                                 [0.432, 0.2248, 2.2654, 0.4293]]),
+    "TRC-ObstacleNav-v0": np.array([[-3.6615, -1.5993, 0.3622, -0.3217],
+                                    [-4.0, 0.0, 0.0, 0.0], [-3.8, 1.5, 0.2, -0.3]]),
+}
+# The largest excess of the expert's J over the reference's allowed on any of those starts:
+# exact on Van der Pol, the barrier margin's price on ObstacleNav.
+EXPERT_TOLERANCE = {"TRC-VanDerPol-v0": 1e-6, "TRC-Pendulum-v0": 0.01, "TRC-CartPole-v0": 0.01,
+                    "TRC-Quadrotor2D-v0": 5e-4, "TRC-Rocket-v0": 5e-4,
+                    "TRC-ObstacleNav-v0": 5e-3}
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_reference_no_costlier_than_the_expert(env_id):
-    """Started from the expert's plans (among its other guesses), the reference keeps a plan
-    no costlier than the expert's on held-out starts."""
+def test_the_expert_is_within_tolerance_of_the_reference(env_id):
+    """The expert's plan costs at most `EXPERT_TOLERANCE` more than the best the reference
+    finds (from the expert's plan, zeros and its own guesses), and succeeds."""
     expert = trc_gym.make_expert(env_id)
     problem = expert.problem
-    x0, target = trc_gym.held_out_starts(env_id, 5, 12345)
+    x0 = EXPERT_STARTS.get(env_id)
+    if x0 is None:
+        x0 = trc_gym.held_out_starts(env_id, 3, 12345)[0]
+    target = problem.sample_targets(np.random.default_rng(0), len(x0))
     plans = expert.plan(x0, target)
-    U, J = reference_plans(problem, x0, target, guesses=[plans])
-    states = problem.rollout(x0, U)
-    assert problem.success(states, target).all()
-    assert np.all(J <= problem.cost(x0, target, plans) * (1.0 + 1e-8))
+    states = problem.rollout(x0, plans)
+    assert (problem.success(states, target) & ~problem.constraint_violations(states)).all()
+    _, best = reference_plans(problem, x0, target, guesses=[plans])
+    excess = problem.cost(x0, target, plans) / best - 1.0
+    assert excess.max() <= EXPERT_TOLERANCE[env_id], f"{env_id}: excess {excess}"
