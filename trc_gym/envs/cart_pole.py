@@ -50,10 +50,10 @@ origin, or with ``random_target=True`` the cart at ``x* ~ U[-1, 1]``, pole up, a
 Box-constrained iLQR (`trc_gym.experts.ilqr`) from several initial guesses, best plan kept:
 clipped LQR, zero force, clipped LQR with the control weight scaled by 10, 100 and 1000
 (gentler catches, which stay within the force bound where the cost's own LQR saturates), and
-the four cheapest (by J) of 25 screened swing-ups: energy pumping of the pole (Astrom &
+the six cheapest (by J) of 49 screened swing-ups: energy pumping of the pole (Astrom &
 Furuta's rule, bang-bang, with cart-centering terms, then an LQR catch near upright) with no
-kick, and with a kick of full force left or right for 1 to 12 steps. How long the first push
-lasts decides whether the pole comes over the top in one swing or falls back.
+kick, and with a kick of full or half force left or right for 1 to 12 steps. How long the
+first push lasts decides whether the pole comes over the top in one swing or falls back.
 
 ## Parameters
 | name | value | unit |
@@ -125,16 +125,20 @@ class CartPoleProblem(ControlProblem):
 SOFTENED_LQR = (10.0, 100.0, 1000.0)
 
 
-# The expert's screened swing-ups: energy pumping after a kick at full force either way for each
-# of these numbers of steps (and with no kick), then an LQR catch near upright.
-KICK_STEPS = tuple(range(1, 13))
+# The expert's screened swing-ups: energy pumping after a kick either way of each of these
+# forces (N) for each of these numbers of steps (and with no kick), then an LQR catch near
+# upright; the six of lowest J are solved. A half-force kick reaches the optima that start
+# below the bound.
+KICKS, KICK_STEPS, SCREEN_KEEP = (MAX_FORCE, 0.5 * MAX_FORCE), tuple(range(1, 13)), 6
 CATCH = (2, 0.1, 0.4)  # the LQR catch: |pole angle error| + 0.1 |pole rate error| < 0.4
 
 
 class CartPoleExpert(ILQRExpert):
     """iLQR from clipped LQR, zero force, gentler clipped LQR catches (`SOFTENED_LQR`), and the
-    four cheapest of the screened energy-pumping swing-ups with an LQR catch near upright
-    (`KICK_STEPS`)."""
+    six cheapest of the screened energy-pumping swing-ups with an LQR catch near upright
+    (`KICKS`, `KICK_STEPS`)."""
+
+    screen_keep = SCREEN_KEEP
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         return (super().initial_guesses(x0, target)
@@ -154,7 +158,7 @@ class CartPoleExpert(ILQRExpert):
             centre = -0.3 * (x[:, 0] - target[:, 0]) - 0.3 * x[:, 1]
             return (MAX_FORCE * np.clip(push + centre, -1.0, 1.0))[:, None]
 
-        return np.stack(swing_up_plans(self.problem, x0, target, pump, CATCH, MAX_FORCE,
+        return np.stack(swing_up_plans(self.problem, x0, target, pump, CATCH, KICKS,
                                        KICK_STEPS))
 
 

@@ -124,7 +124,7 @@ class PendulumExpert(ILQRExpert):
             push = np.where(x[:, 1] == 0.0, 1.0, push)  # at rest: any push starts the swing
             return MAX_TORQUE * push[:, None]
 
-        return guesses + swing_up_plans(problem, x0, target, pump, CATCH, MAX_TORQUE, (6,))
+        return guesses + swing_up_plans(problem, x0, target, pump, CATCH, (MAX_TORQUE,), (6,))
 
 
 class PendulumEnv(ControlEnv):

@@ -79,15 +79,17 @@ def pump_then_catch(problem: ControlProblem, target: np.ndarray, pump: Controlle
 
 
 def swing_up_plans(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, pump: Controller,
-                   catch: tuple[int, float, float], kick: float,
+                   catch: tuple[int, float, float], kicks: Sequence[float],
                    kick_steps: Sequence[int]) -> list[np.ndarray]:
     """Plans ``[B, N, m]`` of `pump_then_catch` flown from ``x0``: with no kick, then with a kick
-    of ``+kick`` and of ``-kick`` (both swing directions) for each number of steps in
-    ``kick_steps``. The LQR catches in the region `catch_region` describes."""
+    of ``+kick`` and of ``-kick`` (both swing directions) for each size in ``kicks`` and each
+    number of steps in ``kick_steps``. The LQR catches in the region `catch_region`
+    describes."""
     near = catch_region(problem, target, catch)
-    kicks = [(0.0, 0)] + [(sign * kick, steps) for steps in kick_steps for sign in (1, -1)]
+    plans = [(0.0, 0)] + [(sign * kick, steps) for kick in kicks for steps in kick_steps
+                          for sign in (1, -1)]
     return [closed_loop_plans(problem, x0, pump_then_catch(problem, target, pump, near, k, s))
-            for k, s in kicks]
+            for k, s in plans]
 
 
 def catch_region(problem: ControlProblem, target: np.ndarray,
