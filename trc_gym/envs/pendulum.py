@@ -42,7 +42,7 @@ also adds ``-e_N' Qf e_N`` with ``Qf = diag(100, 10)``. The episode return is ex
 
 ## Expert
 Box-constrained iLQR (`trc_gym.experts.ilqr`) from several initial guesses, best plan kept:
-clipped LQR, zero torque, energy pumping (``u = bound * sign(th' (E* - E))`` with an LQR
+clipped LQR, energy pumping (``u = bound * sign(th' (E* - E))`` with an LQR
 catch near the top) started with no kick, a kick left and a kick right, and the four cheapest
 (by J) of 342 screened bang-bang swing-ups: full torque of either sign, switched at two steps
 (every pair of 2, 4, ..., 38), then the LQR catch. The cheapest swing-up reaches the top
@@ -70,7 +70,7 @@ from torch import Tensor
 
 from trc_gym.envs.base import ControlEnv
 from trc_gym.envs.rendering import BODY, DARK, TARGET
-from trc_gym.experts import ILQRExpert
+from trc_gym.experts import ILQRExpert, clipped_lqr_plans
 from trc_gym.experts.guesses import bang_bang_plans, swing_up_plans
 from trc_gym.problem import ControlProblem, wrap_angle
 
@@ -105,16 +105,15 @@ CATCH = (0, 0.2, 0.6)  # the LQR catch: |angle error| + 0.2 |rate error| < 0.6
 
 
 class PendulumExpert(ILQRExpert):
-    """iLQR from clipped LQR, zero torque, energy pumping with an LQR catch near the top (no
-    kick, a kick left, a kick right), and the four cheapest of the screened bang-bang
-    swing-ups (`BANG_BANG_SWITCHES`)."""
+    """iLQR from clipped LQR, energy pumping with an LQR catch near the top (no kick, a kick
+    left, a kick right), and the four cheapest of the screened bang-bang swing-ups
+    (`BANG_BANG_SWITCHES`). (Zero torque, the default's other guess, never wins here.)"""
 
     def screened_guesses(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         return bang_bang_plans(self.problem, x0, target, BANG_BANG_SWITCHES, CATCH)
 
     def initial_guesses(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         problem = self.problem
-        guesses = super().initial_guesses(x0, target)
         scale = 3.0 * G / (2.0 * LENGTH)
 
         def pump(x: np.ndarray, k: int) -> np.ndarray:
@@ -124,7 +123,8 @@ class PendulumExpert(ILQRExpert):
             push = np.where(x[:, 1] == 0.0, 1.0, push)  # at rest: any push starts the swing
             return MAX_TORQUE * push[:, None]
 
-        return guesses + swing_up_plans(problem, x0, target, pump, CATCH, (MAX_TORQUE,), (6,))
+        return [clipped_lqr_plans(problem, x0, target),
+                *swing_up_plans(problem, x0, target, pump, CATCH, (MAX_TORQUE,), (6,))]
 
 
 class PendulumEnv(ControlEnv):
