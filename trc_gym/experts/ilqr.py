@@ -57,6 +57,7 @@ DTYPE = torch.float64
 # no earlier step satisfied).
 STEP_GROUPS = (0.5 ** np.arange(1), 0.5 ** np.arange(1, 10))
 MU_MIN, MU_MAX, MU_FACTOR = 1e-6, 1e10, 10.0
+SCREEN_CHUNK = 256  # starts screened per call: bounds the memory of the S * B screened rollouts
 ARMIJO = 1e-4
 
 
@@ -107,8 +108,9 @@ class ILQRExpert(Expert):
     best successful guess.
 
     An env's expert subclasses this: `initial_guesses` (default: clipped finite-horizon LQR of
-    the linearisation at the target, and zeros), `clearance_torch` and `barrier_stages` (hard
-    state constraints; default none) and ``options`` (keyword settings of `ilqr`).
+    the linearisation at the target, and zeros), `screened_guesses` and `screen_keep` (a
+    sampling stage; default none), `clearance_torch` and `barrier_stages` (hard state
+    constraints; default none) and ``options`` (keyword settings of `ilqr`).
     """
 
     parallel = True
@@ -138,15 +140,19 @@ class ILQRExpert(Expert):
 
     def screen(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The `screen_keep` plans ``[B, N, m]`` of `screened_guesses` with the lowest J per
-        start (none without screening)."""
-        if self.screened_guesses is None:
+        start (none without screening), screened `SCREEN_CHUNK` starts at a time."""
+        if self.screened_guesses is None or self.screen_keep == 0:
             return []
-        plans = self.screened_guesses(x0, target)
-        S, B = plans.shape[:2]
-        J = self.problem.cost(np.tile(x0, (S, 1)), np.tile(target, (S, 1)),
-                              plans.reshape(S * B, *plans.shape[2:])).reshape(S, B)
-        best = np.argsort(J, axis=0, kind="stable")[:self.screen_keep]  # [k, B]
-        return list(plans[best, np.arange(B)])
+        picks = []
+        for i in range(0, len(x0), SCREEN_CHUNK):
+            xs, ts = x0[i:i + SCREEN_CHUNK], target[i:i + SCREEN_CHUNK]
+            plans = self.screened_guesses(xs, ts)
+            S, B = plans.shape[:2]
+            J = self.problem.cost(np.tile(xs, (S, 1)), np.tile(ts, (S, 1)),
+                                  plans.reshape(S * B, *plans.shape[2:])).reshape(S, B)
+            best = np.argsort(J, axis=0, kind="stable")[:self.screen_keep]  # [k, B]
+            picks.append(plans[best, np.arange(B)])
+        return list(np.concatenate(picks, axis=1))
 
     def barrier(self, stage: int) -> Penalty | None:
         """The barrier of ``barrier_stages[stage]`` (``(states, target) -> [B]``), or None on a
