@@ -80,7 +80,7 @@ machine); the ratios, timed in alternation, hold. What sets the remaining time:
 - **The network:** with the planner compiled, a batch-1 plan is one call of compiled code
   (and the rollout's calls inside it), where the traced planner runs a few hundred small
   operations (`python examples/profile_plan.py` lists them). On the double integrator, whose
-  rollout is one product, that halves the plan: about half the exact QP expert's time.
+  rollout is one product, that halves the plan, to below the exact QP expert's time.
 - **ObstacleNav's rollout is linear** (one product, then the collision check), so its eager
   planner was already fast; its dynamics are the only linear ones among the compiled envs,
   and the network and the collision features bound its ratio.
@@ -90,7 +90,7 @@ machine); the ratios, timed in alternation, hold. What sets the remaining time:
   and ATen's sin and cos 11%: the batched builds call them through AOTInductor's proxy
   executor, exact, 18,000 calls of 2.6 us (MKL calls per value, as in the single-start build,
   are slower at batch 512). The network's own step (the column without the term) bounds the
-  ratio, at 3 to 4x on Pendulum, Quadrotor2D and Rocket and 1.6x on ObstacleNav. Going
+  ratio, at 2.8 to 4x on Pendulum, Quadrotor2D and Rocket and 1.6x on ObstacleNav. Going
   further would take one vectorised MKL call per array for sin and cos inside the batched
   builds, and a compiled forward and backward of the network itself.
 """
