@@ -133,7 +133,8 @@ def run(config: JobConfig, command: str = "") -> dict:
     data = _load_matching(data_path, env_id, data_config)
     if data is None:
         data = datasets.generate(env_id, data_config.num_samples, seed=data_config.seed,
-                                 workers=data_config.workers, progress=progress)
+                                 workers=data_config.workers, progress=progress,
+                                 trajectory_starts=data_config.trajectory_starts)
         datasets.save(data, data_path)
     timings["data_seconds"] = time.perf_counter() - start
 
@@ -238,7 +239,8 @@ def _load_matching(path: Path, env_id: str, data: DataConfig):
     if not path.exists():
         return None
     loaded = datasets.load(path, env_id=env_id)
-    same = len(loaded) == data.num_samples and loaded.metadata.get("seed") == data.seed
+    same = (len(loaded) == data.num_samples and loaded.metadata.get("seed") == data.seed
+            and loaded.metadata.get("trajectory_starts", 0.0) == data.trajectory_starts)
     return loaded if same else None
 
 

@@ -140,10 +140,11 @@ class TinyRecursiveControl(nn.Module):
                                                     dtype=torch.float32))
         self.tokens = N if config.reasoning == "attention" else 1  # L
         steps_per_token = N // self.tokens
-        self.state_encoder = mlp(3 * n, config.hidden_dim, d)
+        n_read = n + len(problem.angle_indices)  # a state as read: `periodic_features`
+        self.state_encoder = mlp(3 * n_read, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.initial_generator = mlp(d, config.hidden_dim, N * m)
-        n_features = 2 * n + 2 * m + 3 if config.cost_gradient else 2 * n + m + 3
+        n_features = 2 * n_read + (2 * m if config.cost_gradient else m) + 3
         self.error_encoder = mlp(steps_per_token * n_features, config.hidden_dim, d)
         self.reasoning = RecursiveReasoning(config)
         self.control_decoder = mlp(d, config.hidden_dim, steps_per_token * m)
@@ -158,9 +159,15 @@ class TinyRecursiveControl(nn.Module):
         return self.u_mid + self.u_half * torch.clamp(1.05 * torch.tanh(pre), -1.0, 1.0)
 
     def encode_state(self, x0: Tensor, target: Tensor) -> Tensor:
+        """The start, the target and the error between them, as `read`."""
         error = self.problem.state_error(x0, target)
-        features = torch.cat([x0, target, error], dim=-1) / self.state_scale.repeat(3)
-        return self.state_encoder(features)
+        return self.state_encoder(torch.cat([self.read(x) for x in (x0, target, error)], -1))
+
+    def read(self, x: Tensor) -> Tensor:
+        """A state or state error as the networks read it: scaled by the state box, angles as
+        their sine and cosine (`ControlProblem.periodic_features`), so that nothing read jumps
+        where an angle wraps at +-pi."""
+        return self.problem.periodic_features(x, self.state_scale)
 
     def simulate(self, x0: Tensor, target: Tensor, controls: Tensor,
                  gradient: GradientMode) -> dict[str, Tensor]:
@@ -192,10 +199,10 @@ class TinyRecursiveControl(nn.Module):
         """The outcome of `simulate` per time step ``[B, N, F]``: tracking error after the
         step, terminal error, the control, the step's state and control cost, the plan's total
         cost, and (``cost_gradient``) the sensitivity of the total cost to each control. Errors
-        are scaled by the state box, costs log-compressed, the sensitivity made relative to the
+        are `read`, costs log-compressed, the sensitivity made relative to the
         total cost."""
         plan, total = outcome["plan"], outcome["total"]
-        errors = self.problem.state_error(outcome["states"], target[:, None]) / self.state_scale
+        errors = self.read(self.problem.state_error(outcome["states"], target[:, None]))
         N = plan.shape[1]
         features = [
             errors[:, 1:],

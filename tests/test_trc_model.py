@@ -181,6 +181,33 @@ def test_load_errors(tmp_path):
         load_policy(tmp_path / "mismatch.pt")
 
 
+@pytest.mark.parametrize("env_id", ["TRC-Pendulum-v0", "TRC-CartPole-v0", "TRC-Quadrotor2D-v0"])
+def test_the_planner_reads_angles_as_sine_and_cosine(env_id):
+    """Whole turns of an angle change neither the dynamics nor the cost, nor the plan; and the
+    plan is continuous across +-pi, where the wrapped angle jumps."""
+    torch.manual_seed(0)
+    policy = TRCPolicy.create(env_id)
+    problem = policy.problem
+    (angle,) = problem.angle_indices
+    x0 = problem.sample_initial_states(np.random.default_rng(0), 8)
+    target = problem.sample_targets(np.random.default_rng(1), 8)
+    turned = x0.copy()
+    turned[:, angle] += 2 * np.pi * np.array([1, -1, 2, -2, 1, -1, 3, -3])
+    encode = policy.model.encode_state
+    x0_t, turned_t, target_t = (torch.tensor(a, dtype=torch.float32) for a in (x0, turned, target))
+    torch.testing.assert_close(encode(turned_t, target_t), encode(x0_t, target_t), atol=1e-5,
+                               rtol=0)
+    # The plans simulate their start in float32, whose rounding of a large angle the unstable
+    # dynamics amplify: equal to a thousandth of the control range.
+    tolerance = 1e-3 * float(problem.u_high[0] - problem.u_low[0])
+    np.testing.assert_allclose(policy.plan(turned, target), policy.plan(x0, target),
+                               atol=tolerance)
+    below, above = x0[:1].copy(), x0[:1].copy()
+    below[:, angle], above[:, angle] = np.pi - 1e-6, -np.pi + 1e-6
+    np.testing.assert_allclose(policy.plan(below, target[:1]), policy.plan(above, target[:1]),
+                               atol=tolerance)
+
+
 def test_plan_rejects_bad_input():
     policy = TRCPolicy.create(DI, "small")
     with pytest.raises(ValueError, match="x0 has shape"):

@@ -57,7 +57,8 @@ class Generate:
         env_kwargs = json_object(self.env_kwargs, "--env-kwargs")
         start = time.perf_counter()
         data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
-                                 workers=self.data.workers, env_kwargs=env_kwargs)
+                                 workers=self.data.workers, env_kwargs=env_kwargs,
+                                 trajectory_starts=self.data.trajectory_starts)
         path = datasets.save(data, self.out)
         print(f"wrote {len(data)} expert plans of {self.env} to {path} "
               f"(mean cost {data.costs.mean():.3f}, {time.perf_counter() - start:.1f} s)")

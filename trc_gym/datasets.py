@@ -37,10 +37,15 @@ class DataConfig:
     """Seed of the sampled starts and targets (the test starts use their own)."""
     workers: int | None = None
     """Processes for slow (per-start) experts; None: every core."""
+    trajectory_starts: float = 0.0
+    """Share of the samples that start from a state on another sample's expert trajectory (at
+    a random step): the states a planner replanning at every step (MPC) meets; 0: every start
+    is drawn from the start box."""
 
     def __post_init__(self) -> None:
         check_number(self.num_samples, "num_samples", minimum=1, integer=True)
         check_number(self.seed, "seed", minimum=0, integer=True)
+        check_number(self.trajectory_starts, "trajectory_starts", minimum=0, maximum=0.9)
         if self.workers is not None:
             check_number(self.workers, "workers", minimum=1, integer=True)
 
@@ -75,26 +80,52 @@ def _solve_chunk(args: tuple) -> np.ndarray:
 
 def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int = DataConfig.seed,
              workers: int | None = DataConfig.workers, chunk_size: int = 256,
-             env_kwargs: dict | None = None, progress: bool = True) -> Demonstrations:
-    """Sample starts and targets with ``seed`` and solve each with the env's expert.
+             env_kwargs: dict | None = None, progress: bool = True,
+             trajectory_starts: float = DataConfig.trajectory_starts) -> Demonstrations:
+    """Sample starts and targets with ``seed`` and solve each with the env's expert; a share
+    ``trajectory_starts`` of the samples then starts from states on the first samples' expert
+    trajectories (each at a step drawn uniformly from 1 to N-1, with that sample's target).
 
     Fast (batched) experts run in this process in chunks; slow ones (``Expert.parallel``) are
     spread over ``workers`` processes (default: every core).
     """
     from trc_gym import __version__
 
-    DataConfig(num_samples, seed, workers)  # checks them
+    DataConfig(num_samples, seed, workers, trajectory_starts)  # checks them
     env_kwargs = dict(env_kwargs or {})
     expert = make_expert(env_id, **env_kwargs)
     problem = expert.problem
     rng = np.random.default_rng(seed)
-    x0 = problem.sample_initial_states(rng, num_samples)
-    target = problem.sample_targets(rng, num_samples)
-    chunks = [(env_id, env_kwargs, x0[i:i + chunk_size], target[i:i + chunk_size])
-              for i in range(0, num_samples, chunk_size)]
-    workers = workers or os.cpu_count() or 1
+    n_on_trajectory = round(trajectory_starts * num_samples)
+    n_box = num_samples - n_on_trajectory
+    x0 = problem.sample_initial_states(rng, n_box)
+    target = problem.sample_targets(rng, n_box)
     bar = tqdm(total=num_samples, desc=f"expert plans {env_id}", disable=not progress,
                unit="plan")
+    solve = dict(expert=expert, env_id=env_id, env_kwargs=env_kwargs, chunk_size=chunk_size,
+                 workers=workers or os.cpu_count() or 1, bar=bar)
+    controls = _solve(x0, target, **solve)
+    if n_on_trajectory:
+        states = problem.rollout(x0, controls)
+        sample = rng.integers(0, n_box, n_on_trajectory)
+        step = rng.integers(1, problem.horizon, n_on_trajectory)
+        x0 = np.concatenate([x0, states[sample, step]])
+        target = np.concatenate([target, target[sample]])
+        controls = np.concatenate([controls, _solve(x0[n_box:], target[n_box:], **solve)])
+    bar.close()
+    metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
+                "num_samples": num_samples, "trajectory_starts": trajectory_starts,
+                "n_state": problem.n_state, "n_control": problem.n_control,
+                "horizon": problem.horizon, "version": __version__}
+    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
+                          problem.cost(x0, target, controls), metadata)
+
+
+def _solve(x0: np.ndarray, target: np.ndarray, expert, env_id: str, env_kwargs: dict,
+           chunk_size: int, workers: int, bar: tqdm) -> np.ndarray:
+    """The expert's plans ``[B, N, m]`` from ``x0, target [B, n]``, in chunks."""
+    chunks = [(env_id, env_kwargs, x0[i:i + chunk_size], target[i:i + chunk_size])
+              for i in range(0, len(x0), chunk_size)]
     plans = []
     if expert.parallel and workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -105,14 +136,7 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
         for chunk in chunks:
             plans.append(expert.plan(chunk[2], chunk[3]))
             bar.update(len(chunk[2]))
-    bar.close()
-    controls = np.concatenate(plans)
-    metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
-                "num_samples": num_samples, "n_state": problem.n_state,
-                "n_control": problem.n_control, "horizon": problem.horizon,
-                "version": __version__}
-    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
-                          problem.cost(x0, target, controls), metadata)
+    return np.concatenate(plans)
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:

@@ -49,6 +49,10 @@ class ControlProblem:
     error_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # Added to J when an episode ends early in a failure state (see `failure_torch`).
     failure_penalty: float = 0.0
+    # State components that are angles (rad, not wrapped: they count turns). The dynamics and
+    # the cost depend on them only through their sine and cosine, so a learned planner reads
+    # them that way (`periodic_features`): continuous at +-pi and blind to whole turns.
+    angle_indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("Q", "R", "Qf", "u_low", "u_high", "state_low", "state_high"):
@@ -118,6 +122,17 @@ class ControlProblem:
     def state_error(self, x: Tensor, target: Tensor) -> Tensor:
         """``x - x*`` as the cost sees it (problems with angles wrap them here)."""
         return x - target
+
+    def periodic_features(self, x: Tensor, scale: Tensor) -> Tensor:
+        """``x [..., n]`` as a network reads it, ``[..., n + len(angle_indices)]``: each
+        component divided by ``scale [n]``, except the angles, each replaced by its sine and
+        cosine (appended last)."""
+        scaled = x / scale
+        if not self.angle_indices:
+            return scaled
+        angles = x[..., list(self.angle_indices)]
+        others = [i for i in range(self.n_state) if i not in self.angle_indices]
+        return torch.cat([scaled[..., others], torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor | None:
         """Whether each state ``x [..., n]``, reached after ``step`` steps (1..N; an int, or a

@@ -96,7 +96,7 @@ class CartPoleProblem(ControlProblem):
             R=[[0.001]], Qf=np.diag([100.0, 10.0, 100.0, 10.0]), u_low=[-MAX_FORCE],
             u_high=[MAX_FORCE], state_low=[-0.5, -0.5, -math.pi, -0.5],
             state_high=[0.5, 0.5, math.pi, 0.5], tolerance=0.1, cost_weight=0.05,
-            error_groups={"cart": (0, 1), "pole": (2, 3)},
+            error_groups={"cart": (0, 1), "pole": (2, 3)}, angle_indices=(2,),
         )
 
     def dynamics(self, x: Tensor, u: Tensor) -> Tensor:

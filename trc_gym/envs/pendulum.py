@@ -85,6 +85,7 @@ class PendulumProblem(ControlProblem):
             R=[[0.01]], Qf=np.diag([100.0, 10.0]), u_low=[-MAX_TORQUE], u_high=[MAX_TORQUE],
             state_low=[-math.pi, -1.0], state_high=[math.pi, 1.0], tolerance=0.1,
             cost_weight=0.05, error_groups={"angle": (0,), "angular_velocity": (1,)},
+            angle_indices=(0,),
         )
 
     def dynamics(self, x: Tensor, u: Tensor) -> Tensor:

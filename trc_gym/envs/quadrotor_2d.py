@@ -105,6 +105,7 @@ class Quadrotor2DProblem(ControlProblem):
             state_high=[2.0, 2.0, math.pi / 4, 1.0, 1.0, 1.0],
             tolerance=0.1, cost_weight=dt,
             error_groups={"position": (0, 1), "pitch": (2,), "velocity": (3, 4, 5)},
+            angle_indices=(2,),
         )
 
     def dynamics(self, x: Tensor, u: Tensor) -> Tensor:
