@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,14 +25,15 @@ from tqdm.auto import tqdm
 
 from policies.policy import TRCPolicy
 from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
-from trc_gym.checks import check_number
+from trc_gym.checks import check_choice, check_number
 from trc_gym.datasets import Demonstrations
-from trc_gym.evaluation import gap
+from trc_gym.evaluation import gap, run_episodes, steps_like_control_env
 from trc_gym.files import append_csv_row, read_csv_rows
 
 # Peak learning rates that clone each preset well on the double integrator (docs/sizes.md):
 # medium clones to +0.020% at 1e-3 against +0.052% at 5e-4; large trails at 4e-4 and at 1e-4.
 PRESET_LR = {"small": 2e-3, "medium": 1e-3, "large": 2e-4}
+MPC_VALIDATION_STARTS = 256  # validation episodes of BCConfig.validation = "mpc"
 
 
 @dataclass
@@ -58,10 +60,15 @@ class BCConfig:
     """Share of the data held out to pick the best epoch by its gap."""
     patience: int = 40
     """Epochs without a better validation gap before stopping."""
+    validation: Literal["plan", "mpc"] = "plan"
+    """What the validation gap judges: the planner's plans run open loop, or its episodes
+    replanning from every state (MPC, on at most `MPC_VALIDATION_STARTS` starts), for an env
+    whose headline mode is MPC."""
     seed: int = 0
     """Seed of the split, the batches and the weights."""
 
     def __post_init__(self) -> None:
+        check_choice(self.validation, "BCConfig.validation", ("plan", "mpc"))
         for key in ("epochs", "batch_size", "patience"):
             check_number(getattr(self, key), f"BCConfig.{key}", minimum=1, integer=True)
         check_number(self.warmup_steps, "BCConfig.warmup_steps", minimum=0, integer=True)
@@ -98,10 +105,19 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
                   "excess": float(excess_total.detach()) / len(iterates)}
 
 
-def validation_gap(policy: TRCPolicy, data: Demonstrations) -> float:
-    """The `trc_gym.evaluation.gap` of the planner's plans to ``data``'s (float64 costs)."""
-    controls = policy.plan(data.initial_states, data.target_states)
-    costs = policy.problem.cost(data.initial_states, data.target_states, controls)
+def validation_gap(policy: TRCPolicy, data: Demonstrations, mode: str = "plan") -> float:
+    """The `trc_gym.evaluation.gap` of the planner to ``data``'s plans: of its own plans
+    (``"plan"``, float64 costs), or of its episodes replanning from every state (``"mpc"``,
+    on the first `MPC_VALIDATION_STARTS`, stepped as the env steps them)."""
+    if mode == "mpc":
+        data = data.subset(np.arange(min(len(data), MPC_VALIDATION_STARTS)))
+        mpc = TRCPolicy(policy.model, policy.env_id, policy.env_kwargs, receding_horizon=True)
+        path = "batched" if steps_like_control_env(policy.env_id) else "step"
+        costs = run_episodes(mpc, policy.env_id, data.initial_states, data.target_states,
+                             policy.env_kwargs, path).costs
+    else:
+        controls = policy.plan(data.initial_states, data.target_states)
+        costs = policy.problem.cost(data.initial_states, data.target_states, controls)
     return gap(costs.mean(), data.costs.mean())
 
 
@@ -169,7 +185,7 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
             sums["loss"] += float(loss.detach())
             sums["mse"] += terms["mse"]
             sums["excess"] += terms["excess"]
-        val_gap = validation_gap(ema_policy, val)
+        val_gap = validation_gap(ema_policy, val, config.validation)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                **{f"train_{k}": v / batches for k, v in sums.items()},
                "val_gap": val_gap, "seconds": time.perf_counter() - start}

@@ -168,7 +168,6 @@ def test_trajectory_starts_lie_on_the_expert_trajectories_of_the_box_samples():
     data = datasets.generate(DI, 40, seed=3, trajectory_starts=0.25, progress=False)
     box = datasets.generate(DI, 30, seed=3, progress=False)
     np.testing.assert_array_equal(data.initial_states[:30], box.initial_states)
-    problem = trc_gym.make_problem(DI)
     for x0, target in zip(data.initial_states[30:], data.target_states[30:]):
         # a state some box sample's expert trajectory passes through, with that sample's target
         on = np.abs(box.states[:, 1:-1] - x0).max(axis=2).min(axis=1) < 1e-12

@@ -123,6 +123,27 @@ def test_main_job_defaults_layer_the_env_settings_over_the_configs():
     assert quick.output_dir() != default.output_dir()  # a smoke run never overwrites the demo
 
 
+def test_every_env_has_main_job_defaults_and_each_names_real_fields():
+    from bc_then_rl import ENV_DEFAULTS, JobConfig, job_defaults
+
+    import trc_gym
+
+    assert set(ENV_DEFAULTS) == set(trc_gym.ENV_IDS)
+    stages = {f.name: f for f in dataclasses.fields(JobConfig)}
+    for env_id, layer in ENV_DEFAULTS.items():
+        for key, value in layer.items():
+            assert key in stages, (env_id, key)
+            if isinstance(value, dict):
+                stage = type(getattr(JobConfig(), key))
+                assert set(value) <= {f.name for f in dataclasses.fields(stage)}, (env_id, key)
+        config = job_defaults(env_id)  # each stage's config checks its values
+        assert config.env == env_id and config.output_dir().name == env_id[4:-3]
+        for key, value in layer.items():
+            got = getattr(config, key)
+            for field, wanted in (value.items() if isinstance(value, dict) else [(None, value)]):
+                assert (got if field is None else getattr(got, field)) == wanted, (env_id, key)
+
+
 @pytest.mark.parametrize("key", ["gap", "mean_cost", "ms_per_plan", "terminal_error_pole",
                                  "iterate_2"])
 def test_one_metrics_registry_formats_every_table(key):

@@ -244,7 +244,9 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
     the `gap`, and, with ``latency_samples > 0``, ``ms_per_plan``: the batch-1 wall time to
     control one episode (a plan policy: the median time of one plan; a stepped policy: its N
     ``predict`` calls, stepping the first ``latency_samples`` episodes one at a time, and
-    ``ms_per_action``, their mean).
+    ``ms_per_action``, their mean), and ``step_dt``: the time a control step waits for the
+    policy, as a fraction of the env's dt (a plan policy: its one plan, made before the first
+    step; a stepped policy: its mean ``predict`` call, which for MPC is one plan).
     """
     check_number(n_episodes, "n_episodes", minimum=1, integer=True)
     check_number(seed, "seed", minimum=0, integer=True)
@@ -262,11 +264,13 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
             seconds = step_episodes(policy, env_id, x0[:k], target[:k], env_kwargs, batch=1)[1]
             latency["ms_per_plan"] = 1000.0 * seconds / k
             latency["ms_per_action"] = latency["ms_per_plan"] / problem.horizon
+            latency["step_dt"] = latency["ms_per_action"] / (1000.0 * problem.dt)
     else:
         episodes = run_episodes(policy, env_id, x0, target, env_kwargs, path)
         if path == "plan" and latency_samples > 0:
             latency["ms_per_plan"] = plan_latency_ms(policy, x0[:latency_samples],
                                                      target[:latency_samples])
+            latency["step_dt"] = latency["ms_per_plan"] / (1000.0 * problem.dt)
     metrics = trajectory_metrics(problem, target, episodes)
     metrics["expert_cost"] = float(expert_costs(env_id, n_episodes, seed, env_kwargs).mean())
     metrics["gap"] = gap(metrics["mean_cost"], metrics["expert_cost"])
@@ -338,6 +342,7 @@ METRICS: dict[str, Metric] = {
     # One plan (planners) or N predict calls (MPC, SB3) at batch 1.
     "ms_per_plan": Metric("ms/episode", "{:.2f}"),
     "ms_per_action": Metric("ms/action", "{:.3f}"),
+    "step_dt": Metric("batch-1 step / dt", "{:.1%}"),
     "ms_per_plan_batched": Metric("ms/plan (batch 1024)", "{:.4f}"),
     "ms_per_plan_all": Metric("ms/plan (all starts in one batch)", "{:.1f}"),
     # An expert's plan cost over an independent reference's (examples/expert_quality.py).
