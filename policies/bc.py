@@ -27,7 +27,7 @@ from policies.policy import TRCPolicy
 from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
 from trc_gym.checks import check_choice, check_number
 from trc_gym.datasets import Demonstrations
-from trc_gym.evaluation import gap, run_episodes, steps_like_control_env
+from trc_gym.evaluation import gap
 from trc_gym.files import append_csv_row, read_csv_rows
 
 # Peak learning rates that clone each preset well on the double integrator (docs/sizes.md):
@@ -106,18 +106,12 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
 
 
 def validation_gap(policy: TRCPolicy, data: Demonstrations, mode: str = "plan") -> float:
-    """The `trc_gym.evaluation.gap` of the planner to ``data``'s plans: of its own plans
-    (``"plan"``, float64 costs), or of its episodes replanning from every state (``"mpc"``,
-    on the first `MPC_VALIDATION_STARTS`, stepped as the env steps them)."""
+    """The `trc_gym.evaluation.gap` of the planner to ``data``'s plans: of its own plans run
+    open loop (``"plan"``), or of its episodes replanning from every state (``"mpc"``, on the
+    first `MPC_VALIDATION_STARTS`); see `TRCPolicy.episode_costs`."""
     if mode == "mpc":
         data = data.subset(np.arange(min(len(data), MPC_VALIDATION_STARTS)))
-        mpc = TRCPolicy(policy.model, policy.env_id, policy.env_kwargs, receding_horizon=True)
-        path = "batched" if steps_like_control_env(policy.env_id) else "step"
-        costs = run_episodes(mpc, policy.env_id, data.initial_states, data.target_states,
-                             policy.env_kwargs, path).costs
-    else:
-        controls = policy.plan(data.initial_states, data.target_states)
-        costs = policy.problem.cost(data.initial_states, data.target_states, controls)
+    costs = policy.episode_costs(data.initial_states, data.target_states, mode == "mpc")
     return gap(costs.mean(), data.costs.mean())
 
 

@@ -29,6 +29,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
+from policies.bc import MPC_VALIDATION_STARTS
 from policies.policy import TRCPolicy
 from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
 from trc_gym.checks import check_bool, check_choice, check_number
@@ -74,9 +75,13 @@ class GRPOConfig:
     """Validation starts (their own seed; never the held-out test starts)."""
     seed: int = 0
     """Seed of the sampled starts and plans."""
+    validation: Literal["plan", "mpc"] = "plan"
+    """What the kept planner is judged by: its plans run open loop, or its episodes replanning
+    from every state (MPC, on the first `MPC_VALIDATION_STARTS` validation starts)."""
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "GRPOConfig.algo", ("grpo", "reinforce"))
+        check_choice(self.validation, "GRPOConfig.validation", ("plan", "mpc"))
         check_bool(self.antithetic, "GRPOConfig.antithetic")
         for key in ("iterations", "starts_per_iteration", "epochs", "eval_every", "eval_starts"):
             check_number(getattr(self, key), f"GRPOConfig.{key}", minimum=1, integer=True)
@@ -137,9 +142,10 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed + 7919)  # training starts
     val_seed = config.seed + 104_729  # validation starts, disjoint from the test starts
-    val_x0, val_target = held_out_starts(policy.env_id, config.eval_starts, val_seed,
-                                         policy.env_kwargs)
-    val_expert = float(expert_costs(policy.env_id, config.eval_starts, val_seed,
+    val_starts = (min(config.eval_starts, MPC_VALIDATION_STARTS) if config.validation == "mpc"
+                  else config.eval_starts)
+    val_x0, val_target = held_out_starts(policy.env_id, val_starts, val_seed, policy.env_kwargs)
+    val_expert = float(expert_costs(policy.env_id, val_starts, val_seed,
                                     policy.env_kwargs).mean())
 
     planner = GaussianPlanner(policy, config.init_std)
@@ -154,7 +160,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         optimizer, warmup_cosine(config.warmup_iterations, config.iterations, floor=0.1))
 
     def validation_cost() -> float:
-        return float(problem.cost(val_x0, val_target, policy.plan(val_x0, val_target)).mean())
+        mpc = config.validation == "mpc"
+        return float(policy.episode_costs(val_x0, val_target, mpc).mean())
 
     best_cost = validation_cost()
     best_state = copy.deepcopy(policy.model.state_dict())

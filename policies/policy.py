@@ -29,6 +29,7 @@ from trc_gym.compiled_rollout import (
     problem_key,
 )
 from trc_gym.envs import make_problem
+from trc_gym.evaluation import run_episodes, steps_like_control_env
 from trc_gym.planning_policy import PlanningPolicy
 from trc_gym.problem import LinearProblem
 
@@ -128,6 +129,15 @@ class TRCPolicy(PlanningPolicy):
                              f"({self.problem.state_low.tolist()} to "
                              f"{self.problem.state_high.tolist()}) for its float32 network")
         return plans
+
+    def episode_costs(self, x0: np.ndarray, target: np.ndarray, mpc: bool = False) -> np.ndarray:
+        """Cost ``[B]`` of the episodes from ``x0, target [B, n]``: of its plans run open loop
+        (float64), or (``mpc``) replanning from every state, stepped as the env steps them."""
+        if not mpc:
+            return self.problem.cost(x0, target, self.plan(x0, target))
+        replanning = TRCPolicy(self.model, self.env_id, self.env_kwargs, receding_horizon=True)
+        path = "batched" if steps_like_control_env(self.env_id) else "step"
+        return run_episodes(replanning, self.env_id, x0, target, self.env_kwargs, path).costs
 
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final

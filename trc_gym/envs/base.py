@@ -73,16 +73,26 @@ class ControlEnv(gym.Env):
         self.step_index = 0
         self.done = False
         self.trajectory = [self.state]
+        self.last_control = self.resting_control()  # the last step's clipped control (drawing)
         if self.render_mode == "human":
             self.render()
         return self._observation(), self._info()
+
+    def resting_control(self) -> np.ndarray:
+        """The control shown before the first step (zero, clipped into the bound)."""
+        return np.clip(np.zeros(self.problem.n_control), self.problem.u_low, self.problem.u_high)
+
+    def episode_info(self, states: np.ndarray) -> dict:
+        """Extra entries of the last step's info, from the episode's states ``[1, N+1, n]``
+        (padded after a failure); none by default."""
+        return {}
 
     def step(self, action):
         p = self.problem
         if self.done or self.step_index >= p.horizon:
             raise RuntimeError("the episode has ended (step N reached or failed): call reset()")
         u = check_array(action, "action", (p.n_control,))
-        u = np.clip(u, p.u_low, p.u_high)
+        u = self.last_control = np.clip(u, p.u_low, p.u_high)
         reward = -float(p.stage_cost(self.state[None], self.target[None], u[None])[0])
         self.state = p.step(self.state[None], u[None])[0]
         self.step_index += 1
@@ -99,6 +109,7 @@ class ControlEnv(gym.Env):
             info["failed"] = failed
             info["terminal_error"] = float(p.terminal_error(self.state[None], self.target[None])[0])
             info["success"] = bool(p.success(states, self.target[None])[0])
+            info.update(self.episode_info(states))
         if self.render_mode == "human":
             self.render()
         return self._observation(), reward, terminated, False, info

@@ -163,7 +163,6 @@ class Quadrotor2DEnv(ControlEnv):
     problem_class = Quadrotor2DProblem
     expert_class = Quadrotor2DExpert
     view = (-3.0, 3.0, -3.0, 3.0)
-    thrusts: np.ndarray = np.full(2, HOVER)  # the thrusts [N] of the last step, for drawing
 
     def draw(self, canvas) -> None:
         """Side view: the path so far, the target hover point (green cross) and the body, its
@@ -178,16 +177,10 @@ class Quadrotor2DEnv(ControlEnv):
         c, s = math.cos(th), math.sin(th)
         canvas.rect((x, z), 2 * ARM, 0.06, DARK, th)
         canvas.rect((x, z), 0.16, 0.1, BODY, th)
-        for side, u in zip((-1.0, 1.0), self.thrusts):
+        for side, u in zip((-1.0, 1.0), self.last_control):
             hub = (x + side * ARM * c, z + side * ARM * s)
             canvas.rect((hub[0] - 0.05 * s, hub[1] + 0.05 * c), 0.16, 0.03, BODY, th)
             canvas.line(hub, (hub[0] + 0.1 * u * s, hub[1] - 0.1 * u * c), WARN, 3)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self.thrusts = np.full(2, HOVER)
-        return super().reset(seed=seed, options=options)
-
-    def step(self, action):
-        out = super().step(action)  # validates the action
-        self.thrusts = np.clip(np.asarray(action, dtype=np.float64), 0.0, U_MAX)
-        return out
+    def resting_control(self) -> np.ndarray:
+        return np.full(2, HOVER)  # shown hovering before the first step

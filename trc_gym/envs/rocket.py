@@ -205,19 +205,8 @@ class RocketEnv(ControlEnv):
     expert_class = RocketExpert
     view = (-450.0, 450.0, -50.0, 850.0)  # side view (x, z) in m
 
-    thrust: np.ndarray = np.zeros(3)  # kN, the last step's (clipped) thrust, for drawing
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self.thrust = np.zeros(3)
-        return super().reset(seed=seed, options=options)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)  # validates the action
-        self.thrust = np.clip(np.asarray(action, dtype=np.float64), self.problem.u_low,
-                              self.problem.u_high)
-        if terminated:
-            info["fuel_used"] = float(self.problem.fuel_used(np.stack(self.trajectory)[None])[0])
-        return obs, reward, terminated, truncated, info
+    def episode_info(self, states: np.ndarray) -> dict:
+        return {"fuel_used": float(self.problem.fuel_used(states)[0])}
 
     def draw(self, canvas) -> None:
         """Side view (x, z): ground, pad (with a flag), the path so far and the lander
@@ -232,7 +221,7 @@ class RocketEnv(ControlEnv):
         for a, b in itertools.pairwise(path):
             canvas.line((a[0], a[2]), (b[0], b[2]), (170, 170, 170), 1)
         x, z = self.state[0], self.state[2]
-        axis = np.array([self.thrust[0], self.thrust[2]])
+        axis = np.array([self.last_control[0], self.last_control[2]])
         norm = np.linalg.norm(axis)
         up = axis / norm if norm > 1e-6 else np.array([0.0, 1.0])
         angle = np.arctan2(-up[0], up[1])
