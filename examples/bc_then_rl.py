@@ -66,7 +66,9 @@ class JobConfig:
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
     compile: bool = True
     """Simulate the planner's plans with the compiled step on nonlinear envs (the same plans,
-    many times faster; compiled once per env and cached; see trc_gym.compiled_rollout)."""
+    many times faster; compiled once per env and cached; see trc_gym.compiled_rollout), and
+    where the headline mode is MPC, compile the MPC planners whole for their batch-1 plans (the
+    latency a deployed controller has)."""
     data: DataConfig = field(default_factory=DataConfig)
     bc: BCConfig = field(default_factory=BCConfig)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
@@ -167,7 +169,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     def load(path: Path, receding_horizon: bool = False) -> TRCPolicy:
         planner = load_policy(path, receding_horizon=receding_horizon)
         if config.compile:
-            planner.compile(planner=False)
+            planner.compile(planner=receding_horizon and config.headline == "MPC")
         return planner
 
     # 2. Behaviour cloning.

@@ -302,3 +302,25 @@ def test_exact_gradient_is_the_plans_true_gradient_and_the_shortcut_is_not():
     with torch.no_grad():
         torch.testing.assert_close(model(x0, target, gradient="exact")["controls"],
                                    model(x0, target)["controls"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("env_id", [DI, "TRC-Rocket-v0"])
+def test_mpc_validation_is_the_gap_of_the_replanning_episodes_as_the_env_steps_them(env_id):
+    from policies.bc import validation_gap
+    from trc_gym.evaluation import gap, step_episodes
+
+    torch.manual_seed(0)
+    policy = TRCPolicy.create(env_id, latent_dim=16, hidden_dim=32, n_refine=1)
+    problem = policy.problem
+    rng = np.random.default_rng(4)
+    x0, target = problem.sample_initial_states(rng, 6), problem.sample_targets(rng, 6)
+    expert = trc_gym.make_expert(env_id).plan(x0, target)
+    data = datasets.Demonstrations(x0, target, expert, problem.rollout(x0, expert),
+                                   problem.cost(x0, target, expert), {"env_id": env_id})
+    mpc = TRCPolicy(policy.model, env_id, receding_horizon=True)
+    stepped = step_episodes(mpc, env_id, x0, target)[0].costs
+    assert validation_gap(policy, data, "mpc") == pytest.approx(
+        gap(stepped.mean(), data.costs.mean()), rel=1e-9)
+    open_loop = problem.cost(x0, target, policy.plan(x0, target))
+    assert validation_gap(policy, data) == pytest.approx(gap(open_loop.mean(),
+                                                             data.costs.mean()), rel=1e-12)
