@@ -91,7 +91,7 @@ class JobConfig:
         return self.out or Path("runs") / (f"{name}-quick" if self.quick else name)
 
 
-# Per-env defaults over JobConfig's, each with its reason (docs/training.md has the runs).
+# Per-env defaults over JobConfig's, each with its reason (docs/recipes.md has the runs).
 # Where the dynamics amplify a plan's errors too fast for open loop, the planner is judged
 # replanning at every step (MPC), with data from the states MPC meets: the swing-ups (even the
 # expert's own plans fail there once rounded to float32: 27.5% success open loop on Pendulum,
