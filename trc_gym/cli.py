@@ -48,6 +48,9 @@ class Generate:
     """Registered env id."""
     env_kwargs: str = "{}"
     """Problem options as JSON, e.g. '{"random_target": true}'."""
+    shard: str | None = None
+    """Solve only part i/K of the run's samples (0 <= i < K), e.g. 0/4: run all K (on any
+    machines), then `trc merge` the parts into the dataset of the whole run."""
     data: tyro.conf.OmitArgPrefixes[DataConfig] = field(default_factory=DataConfig)
 
     def run(self) -> None:
@@ -55,13 +58,34 @@ class Generate:
 
         check_output_path(self.out, "--out")
         env_kwargs = json_object(self.env_kwargs, "--env-kwargs")
+        shard = (0, 1) if self.shard is None else datasets.parse_shard(self.shard)
         start = time.perf_counter()
         data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
                                  workers=self.data.workers, env_kwargs=env_kwargs,
-                                 trajectory_starts=self.data.trajectory_starts)
+                                 trajectory_starts=self.data.trajectory_starts, shard=shard)
         path = datasets.save(data, self.out)
-        print(f"wrote {len(data)} expert plans of {self.env} to {path} "
+        part = f" (shard {shard[0]}/{shard[1]})" if self.shard is not None else ""
+        print(f"wrote {len(data)} expert plans of {self.env}{part} to {path} "
               f"(mean cost {data.costs.mean():.3f}, {time.perf_counter() - start:.1f} s)")
+
+
+@dataclass
+class Merge:
+    """Join the shards of one `trc generate --shard i/K` run into its whole dataset."""
+
+    parts: tyro.conf.Positional[list[Path]]
+    """The K shard files, in any order."""
+    out: Path
+    """Dataset file to write (.npz)."""
+
+    def run(self) -> None:
+        from trc_gym import datasets
+
+        check_output_path(self.out, "--out")
+        data = datasets.merge([datasets.load(part) for part in self.parts])
+        path = datasets.save(data, self.out)
+        print(f"wrote {len(data)} expert plans of {data.metadata['env_id']} from "
+              f"{len(self.parts)} shards to {path}")
 
 
 @dataclass
@@ -242,7 +266,7 @@ def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
     return policy, policy.env_id
 
 
-SUBCOMMANDS = {"generate": Generate, "train-bc": TrainBC, "finetune": Finetune,
+SUBCOMMANDS = {"generate": Generate, "merge": Merge, "train-bc": TrainBC, "finetune": Finetune,
                "train-baseline": TrainBaseline, "evaluate": Evaluate}
 
 

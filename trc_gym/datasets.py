@@ -78,16 +78,76 @@ def _solve_chunk(args: tuple) -> np.ndarray:
     return make_expert(env_id, **env_kwargs).plan(x0, target)
 
 
+CHUNK_SIZE = 256  # starts per expert call; a shard is made of whole chunks of the full run
+
+
+@dataclass
+class Starts:
+    """Every start of a run, drawn before any solve: ``x0, target [S_box, n]`` from the start
+    box, and for each of the ``T`` starts on a trajectory, the box sample ``source [T]`` whose
+    expert trajectory it starts on and the ``step [T]`` (1..N-1) along it (its target is the
+    source's)."""
+
+    x0: np.ndarray
+    target: np.ndarray
+    source: np.ndarray
+    step: np.ndarray
+
+
+def draw_starts(problem, num_samples: int, seed: int, trajectory_starts: float) -> Starts:
+    """The starts of `generate` with ``seed``: all random draws happen here, in this order."""
+    rng = np.random.default_rng(seed)
+    n_on_trajectory = round(trajectory_starts * num_samples)
+    n_box = num_samples - n_on_trajectory
+    x0 = problem.sample_initial_states(rng, n_box)
+    target = problem.sample_targets(rng, n_box)
+    source = rng.integers(0, n_box, n_on_trajectory)
+    step = rng.integers(1, problem.horizon, n_on_trajectory)
+    return Starts(x0, target, source, step)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/K"`` -> ``(i, K)`` with ``0 <= i < K`` (ValueError naming ``--shard`` otherwise)."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--shard must be i/K with integers 0 <= i < K, e.g. 0/4, got {text!r}")
+    index, count = int(parts[0]), int(parts[1])
+    if not 0 <= index < count:
+        raise ValueError(f"--shard i/K needs 0 <= i < K, got {text!r}")
+    return index, count
+
+
+def shard_samples(starts: Starts, shard: tuple[int, int],
+                  chunk_size: int = CHUNK_SIZE) -> tuple[range, np.ndarray]:
+    """Which samples shard ``(i, K)`` solves: a range of box samples made of whole chunks of
+    ``chunk_size`` (chunk ``c`` of ``C`` goes to shard ``c K // C``), so each is solved in the
+    same expert call as in the full run, and the starts on trajectories ``[T_i]`` (indices
+    into ``starts.source``, increasing) whose source lies in that range."""
+    index, count = shard
+    n_box = len(starts.x0)
+    n_chunks = -(-n_box // chunk_size)
+    if count > n_chunks:
+        raise ValueError(f"--shard .../{count}: {n_box} box samples make only {n_chunks} "
+                         f"chunk(s) of {chunk_size}; use at most {n_chunks} shards")
+    first, last = (min(n_box, -(-c * n_chunks // count) * chunk_size)
+                   for c in (index, index + 1))
+    on_trajectory = np.flatnonzero((starts.source >= first) & (starts.source < last))
+    return range(first, last), on_trajectory
+
+
 def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int = DataConfig.seed,
-             workers: int | None = DataConfig.workers, chunk_size: int = 256,
+             workers: int | None = DataConfig.workers, chunk_size: int = CHUNK_SIZE,
              env_kwargs: dict | None = None, progress: bool = True,
-             trajectory_starts: float = DataConfig.trajectory_starts) -> Demonstrations:
+             trajectory_starts: float = DataConfig.trajectory_starts,
+             shard: tuple[int, int] = (0, 1)) -> Demonstrations:
     """Sample starts and targets with ``seed`` and solve each with the env's expert; a share
     ``trajectory_starts`` of the samples then starts from states on the first samples' expert
     trajectories (each at a step drawn uniformly from 1 to N-1, with that sample's target).
 
-    Fast (batched) experts run in this process in chunks; slow ones (``Expert.parallel``) are
-    spread over ``workers`` processes (default: every core).
+    ``shard=(i, K)``: only part ``i`` of ``K`` of those samples (`shard_samples`), box samples
+    first; `merge` joins the ``K`` parts into the full run's dataset. Fast (batched) experts
+    run in this process in chunks; slow ones (``Expert.parallel``) are spread over ``workers``
+    processes (default: every core).
     """
     from trc_gym import __version__
 
@@ -95,28 +155,75 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
     env_kwargs = dict(env_kwargs or {})
     expert = make_expert(env_id, **env_kwargs)
     problem = expert.problem
-    rng = np.random.default_rng(seed)
-    n_on_trajectory = round(trajectory_starts * num_samples)
-    n_box = num_samples - n_on_trajectory
-    x0 = problem.sample_initial_states(rng, n_box)
-    target = problem.sample_targets(rng, n_box)
-    bar = tqdm(total=num_samples, desc=f"expert plans {env_id}", disable=not progress,
-               unit="plan")
+    starts = draw_starts(problem, num_samples, seed, trajectory_starts)
+    box, on_trajectory = shard_samples(starts, shard, chunk_size)
+    x0, target = starts.x0[box.start:box.stop], starts.target[box.start:box.stop]
+    bar = tqdm(total=len(box) + len(on_trajectory), desc=f"expert plans {env_id}",
+               disable=not progress, unit="plan")
     solve = dict(expert=expert, env_id=env_id, env_kwargs=env_kwargs, chunk_size=chunk_size,
                  workers=workers or os.cpu_count() or 1, bar=bar)
     controls = _solve(x0, target, **solve)
-    if n_on_trajectory:
+    if len(on_trajectory):
         states = problem.rollout(x0, controls)
-        sample = rng.integers(0, n_box, n_on_trajectory)
-        step = rng.integers(1, problem.horizon, n_on_trajectory)
-        x0 = np.concatenate([x0, states[sample, step]])
-        target = np.concatenate([target, target[sample]])
-        controls = np.concatenate([controls, _solve(x0[n_box:], target[n_box:], **solve)])
+        source = starts.source[on_trajectory] - box.start
+        x0 = np.concatenate([x0, states[source, starts.step[on_trajectory]]])
+        target = np.concatenate([target, target[source]])
+        controls = np.concatenate([controls, _solve(x0[len(box):], target[len(box):], **solve)])
     bar.close()
     metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
-                "num_samples": num_samples, "trajectory_starts": trajectory_starts,
+                "num_samples": len(x0), "trajectory_starts": trajectory_starts,
                 "n_state": problem.n_state, "n_control": problem.n_control,
                 "horizon": problem.horizon, "version": __version__}
+    if shard != (0, 1):
+        metadata["shard"] = {"index": shard[0], "count": shard[1], "of_samples": num_samples,
+                             "chunk_size": chunk_size}
+    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
+                          problem.cost(x0, target, controls), metadata)
+
+
+def merge(parts: list[Demonstrations]) -> Demonstrations:
+    """The full run's dataset from all ``K`` shards of one `generate` run (in any order): the
+    samples in the full run's order, each plan the one its shard solved, and the states and
+    costs recomputed over the whole set as `generate` computes them. ValueError unless the
+    parts are exactly shards ``0..K-1`` of the same run, each holding the starts that run
+    draws."""
+    if not parts:
+        raise ValueError("merge needs at least one shard")
+    infos = [p.metadata.get("shard") for p in parts]
+    if any(info is None for info in infos):
+        raise ValueError("merge takes the shards of a `generate --shard i/K` run; part "
+                         f"{infos.index(None)} is a whole dataset")
+    run_keys = ("env_id", "env_kwargs", "seed", "trajectory_starts", "version")
+    first = parts[0].metadata
+    for j, part in enumerate(parts):
+        for key in run_keys:
+            if part.metadata.get(key) != first.get(key):
+                raise ValueError(f"shard {j} has {key}={part.metadata.get(key)!r}, shard 0 has "
+                                 f"{first.get(key)!r}: not parts of one run")
+        for key in ("count", "of_samples", "chunk_size"):
+            if infos[j][key] != infos[0][key]:
+                raise ValueError(f"shard {j} is from a run with {key}={infos[j][key]}, shard 0 "
+                                 f"from one with {infos[0][key]}")
+    count, num_samples = infos[0]["count"], infos[0]["of_samples"]
+    indices = sorted(info["index"] for info in infos)
+    if indices != list(range(count)):
+        raise ValueError(f"merge needs shards 0..{count - 1} once each, got {indices}")
+    problem = make_problem(first["env_id"], **first["env_kwargs"])
+    starts = draw_starts(problem, num_samples, first["seed"], first["trajectory_starts"])
+    n_box = len(starts.x0)
+    x0 = np.empty((num_samples, problem.n_state))
+    target, controls = np.empty_like(x0), np.empty((num_samples, problem.horizon,
+                                                    problem.n_control))
+    for part, info in zip(parts, infos):
+        box, on_trajectory = shard_samples(starts, (info["index"], count), info["chunk_size"])
+        where = np.concatenate([np.arange(box.start, box.stop), n_box + on_trajectory])
+        if len(where) != len(part) or not np.array_equal(
+                part.initial_states[:len(box)], starts.x0[box.start:box.stop]):
+            raise ValueError(f"shard {info['index']}/{count} does not hold the starts its run "
+                             f"draws (seed {first['seed']}, {num_samples} samples)")
+        x0[where], target[where], controls[where] = (part.initial_states, part.target_states,
+                                                     part.controls)
+    metadata = {k: v for k, v in first.items() if k != "shard"} | {"num_samples": num_samples}
     return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
                           problem.cost(x0, target, controls), metadata)
 
