@@ -23,12 +23,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import stable_baselines3
+import torch
 from gymnasium.wrappers.utils import rescale_box
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from baselines.hyperparameters import base_env_id
+from trc_gym.devices import resolve_device
 from trc_gym.files import atomic_directory, write_json
 from trc_gym.problem import check_array
 
@@ -144,7 +146,7 @@ class SB3Agent:
         return atomic_directory(path, fill)
 
 
-def load_agent(path: str | os.PathLike) -> SB3Agent:
+def load_agent(path: str | os.PathLike, device: str | torch.device = "cpu") -> SB3Agent:
     """Load an agent saved by `SB3Agent.save`; a run directory (from `train_ppo` /
     `train_sac`) loads its selected model: ``best/``, or ``final/`` where training ran without
     validation. FileNotFoundError / ValueError name the problem."""
@@ -164,7 +166,8 @@ def load_agent(path: str | os.PathLike) -> SB3Agent:
                          f"algo {meta.get('algo')!r})")
     # Schedules are only needed to continue training: replace them so nothing is unpickled.
     custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
-    model = ALGORITHMS[meta["algo"]].load(model_file, device="cpu", custom_objects=custom)
+    model = ALGORITHMS[meta["algo"]].load(model_file, device=resolve_device(device),
+                                          custom_objects=custom)
     return SB3Agent(model, ObservationNormalizer.from_json(meta["normalizer"]), meta["env_id"],
                     np.asarray(meta["action_low"]), np.asarray(meta["action_high"]),
                     meta["algo"], meta.get("env_kwargs"), meta.get("info"))

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from baselines.agent import ALGORITHMS, ObservationNormalizer, SB3Agent
 from baselines.hyperparameters import RUN_KEYS, base_env_id, hyperparameters, is_tuned
+from trc_gym.devices import resolve_device
 from trc_gym.envs import env_class, make_problem
 from trc_gym.evaluation import (
     HELD_OUT_SEED,
@@ -239,7 +240,8 @@ def train_agent(algo: str, env_id: str, total_timesteps: int | None = None, seed
                 n_envs: int | None = None, eval_freq: int | None = None,
                 out_dir: str | os.PathLike | None = None, progress_bar: bool = True, *,
                 env_kwargs: dict | None = None, n_validation: int = 200, n_curve: int = 500,
-                vec_env: str = "dummy", verbose: int = 0, **overrides: Any) -> SB3Agent:
+                vec_env: str = "dummy", verbose: int = 0, device: str = "cpu",
+                **overrides: Any) -> SB3Agent:
     """Train ``algo`` ("ppo" or "sac") on ``env_id`` with the table's hyperparameters
     (``overrides`` replace single entries, e.g. ``learning_rate=3e-4``) and return the agent
     selected on validation starts (the final one when ``eval_freq=0``).
@@ -250,8 +252,11 @@ def train_agent(algo: str, env_id: str, total_timesteps: int | None = None, seed
     ``curve.csv`` and ``training.json``. ``agent.info`` records the budget actually used:
     ``env_steps`` (training), ``validation_env_steps`` (model selection) and ``train_seconds``
     (wall time of training and validation, without the learning-curve measurement).
+    ``device`` (see `trc_gym.devices.resolve_device`) defaults to the CPU: SB3 runs its MLP
+    policies faster there than on a GPU.
     """
     algo = algo.lower()
+    device = resolve_device(device, "device")
     params = hyperparameters(env_id, algo, **overrides)
     for key, value in (("n_timesteps", total_timesteps), ("n_envs", n_envs),
                        ("eval_freq", eval_freq)):
@@ -270,7 +275,7 @@ def train_agent(algo: str, env_id: str, total_timesteps: int | None = None, seed
     venv = make_training_env(env_id, params["n_envs"], seed, env_kwargs, vec_env,
                              params["normalize"], float(kwargs.get("gamma", 0.99)),
                              float(params.get("reward_scale", 1.0)))
-    model = ALGORITHMS[algo]("MlpPolicy", venv, seed=seed, device="cpu", verbose=verbose,
+    model = ALGORITHMS[algo]("MlpPolicy", venv, seed=seed, device=device, verbose=verbose,
                              **kwargs)
     space = env_class(env_id)(**(env_kwargs or {})).action_space
 

@@ -64,6 +64,9 @@ class JobConfig:
     """The planner's refinement steps K."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
+    device: str = "auto"
+    """Where TRC trains and plans: auto (CUDA where present, else the CPU), cpu, cuda or
+    cuda:K; overrides the stages' (PPO stays on the CPU, where SB3 runs MLPs fastest)."""
     compile: bool = True
     """Simulate the planner's plans with the compiled step on nonlinear envs (the same plans,
     many times faster; compiled once per env and cached; see trc_gym.compiled_rollout), and
@@ -139,8 +142,8 @@ def run(config: JobConfig, command: str = "") -> dict:
     """The whole job; returns what it writes to ``results.json``."""
     env_id, out, seed = config.env, config.output_dir(), config.seed
     data_config = dataclasses.replace(config.data, seed=seed)
-    bc_config = dataclasses.replace(config.bc, seed=seed)
-    rl_config = dataclasses.replace(config.rl, seed=seed)
+    bc_config = dataclasses.replace(config.bc, seed=seed, device=config.device)
+    rl_config = dataclasses.replace(config.rl, seed=seed, device=config.device)
     out.mkdir(parents=True, exist_ok=True)
     progress = config.progress
     torch.manual_seed(seed)
@@ -167,7 +170,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     timings["data_seconds"] = time.perf_counter() - start
 
     def load(path: Path, receding_horizon: bool = False) -> TRCPolicy:
-        planner = load_policy(path, receding_horizon=receding_horizon)
+        planner = load_policy(path, receding_horizon=receding_horizon, device=config.device)
         if config.compile:
             planner.compile(planner=receding_horizon and config.headline == "MPC")
         return planner

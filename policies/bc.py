@@ -23,10 +23,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from policies import distributed
 from policies.policy import TRCPolicy
 from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
 from trc_gym.checks import check_choice, check_number
 from trc_gym.datasets import Demonstrations
+from trc_gym.devices import resolve_device
 from trc_gym.evaluation import gap
 from trc_gym.files import append_csv_row, read_csv_rows
 
@@ -66,9 +68,12 @@ class BCConfig:
     whose headline mode is MPC."""
     seed: int = 0
     """Seed of the split, the batches and the weights."""
+    device: str = "auto"
+    """Where to train: auto (CUDA where present, else the CPU), cpu, cuda or cuda:K."""
 
     def __post_init__(self) -> None:
         check_choice(self.validation, "BCConfig.validation", ("plan", "mpc"))
+        resolve_device(self.device, "BCConfig.device")
         for key in ("epochs", "batch_size", "patience"):
             check_number(getattr(self, key), f"BCConfig.{key}", minimum=1, integer=True)
         check_number(self.warmup_steps, "BCConfig.warmup_steps", minimum=0, integer=True)
@@ -84,16 +89,18 @@ class BCConfig:
 
 
 def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: torch.Tensor,
-            expert_cost: torch.Tensor, cost_scale: float,
-            cost_weight: float) -> tuple[torch.Tensor, dict]:
+            expert_cost: torch.Tensor, cost_scale: float, cost_weight: float,
+            network: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """Deep-supervision loss summed over iterates; returns it and per-term means (floats).
+    ``network``: what computes the model's forward (its `DistributedDataParallel` wrapper in a
+    process group; default the model).
     The cost term is the batch's excess cost in units of ``cost_scale`` (the data's mean expert
     cost), like the gap it is judged by; a per-plan ratio ``J / J*`` would put most of its
     weight on the starts that are already at the target, where ``J*`` is near zero."""
     model = policy.model
-    iterates = model(x0, target)["iterates"]
+    iterates = (network or model)(x0, target)["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
-    mse_total, excess_total = torch.zeros(()), torch.zeros(())
+    mse_total, excess_total = x0.new_zeros(()), x0.new_zeros(())
     for controls in iterates:
         mse_total = mse_total + ((controls - model.u_mid) / model.u_half
                                  - target_norm).square().mean()
@@ -108,11 +115,16 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
 def validation_gap(policy: TRCPolicy, data: Demonstrations, mode: str = "plan") -> float:
     """The `trc_gym.evaluation.gap` of the planner to ``data``'s plans: of its own plans run
     open loop (``"plan"``), or of its episodes replanning from every state (``"mpc"``, on the
-    first `MPC_VALIDATION_STARTS`); see `TRCPolicy.episode_costs`."""
+    first `MPC_VALIDATION_STARTS`); see `TRCPolicy.episode_costs`. In a process group each
+    process runs its slice of the starts."""
     if mode == "mpc":
         data = data.subset(np.arange(min(len(data), MPC_VALIDATION_STARTS)))
-    costs = policy.episode_costs(data.initial_states, data.target_states, mode == "mpc")
-    return gap(costs.mean(), data.costs.mean())
+
+    def costs(index: np.ndarray) -> np.ndarray:
+        return policy.episode_costs(data.initial_states[index], data.target_states[index],
+                                    mode == "mpc")
+
+    return gap(distributed.sharded_mean(costs, len(data)), data.costs.mean())
 
 
 def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = None,
@@ -120,18 +132,25 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
              progress: bool = True) -> list[dict]:
     """Clone ``data`` into ``policy`` in place; on return the policy holds the EMA weights with
     the best validation gap. Returns the per-epoch history. With ``run_dir`` it writes
-    ``bc_log.csv`` and ``bc_state.pt`` (resumed from when ``resume``)."""
+    ``bc_log.csv`` and ``bc_state.pt`` (resumed from when ``resume``).
+
+    Under torchrun it trains data-parallel (`policies.distributed`): each process takes its
+    slice of every batch, and rank 0 alone writes the files."""
     config = config or BCConfig()
     if config.lr is None:
         config = replace(config, lr=PRESET_LR[policy.metadata.get("size", "small")])
     if data.metadata.get("env_id") not in (None, policy.env_id):
         raise ValueError(f"data is for {data.metadata['env_id']!r}, policy for {policy.env_id!r}")
+    device = distributed.setup(resolve_device(config.device, "BCConfig.device"))
+    policy.to(device)
+    main = distributed.is_main()
     torch.manual_seed(config.seed)
     train, val = data.split(1.0 - config.val_fraction, seed=config.seed)
-    tensors = [torch.as_tensor(a, dtype=torch.float32) for a in
+    tensors = [torch.as_tensor(a, dtype=torch.float32, device=device) for a in
                (train.initial_states, train.target_states, train.controls, train.costs)]
     cost_scale = float(train.costs.mean())
     model = policy.model.train()
+    network = distributed.data_parallel(model, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
     ema.update_parameters(model)  # the first update copies: the average starts at the init
     ema_policy = TRCPolicy(ema.module, policy.env_id, policy.env_kwargs)
@@ -144,8 +163,9 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
     history: list[dict] = []
     best_gap, best_state, bad_epochs, start_epoch = math.inf, None, 0, 0
     state_path = Path(run_dir) / "bc_state.pt" if run_dir else None
-    if resume and state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    resumed = resume and state_path is not None and state_path.is_file()
+    if resumed:
+        state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -153,35 +173,38 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         best_state = state["best"]
         best_gap, bad_epochs, start_epoch = state["best_gap"], state["bad_epochs"], state["epoch"]
         history = read_csv_rows(Path(run_dir) / "bc_log.csv")
-    elif run_dir:  # a new run: its log starts empty, not after an earlier run's rows
+    if not main:
+        run_dir = None  # rank 0 writes the files
+    elif run_dir and not resumed:  # a new run: its log starts empty, not after earlier rows
         (Path(run_dir) / "bc_log.csv").unlink(missing_ok=True)
     if run_dir:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     writer = tensorboard_writer(run_dir, "bc")
-    bar = tqdm(range(start_epoch, config.epochs), desc="behaviour cloning", disable=not progress,
-               initial=start_epoch, total=config.epochs)
+    bar = tqdm(range(start_epoch, config.epochs), desc="behaviour cloning",
+               disable=not (progress and main), initial=start_epoch, total=config.epochs)
     for epoch in bar:
         start = time.perf_counter()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
-            config.seed * 100_003 + epoch))
+            config.seed * 100_003 + epoch)).to(device)  # drawn on the CPU: the same anywhere
         sums = {"loss": 0.0, "mse": 0.0, "excess": 0.0}
         model.train()
         for b in range(batches):
-            index = order[b * config.batch_size:(b + 1) * config.batch_size]
+            index, weight = distributed.rank_slice(
+                order[b * config.batch_size:(b + 1) * config.batch_size])
             loss, terms = bc_loss(policy, *(t[index] for t in tensors), cost_scale,
-                                  config.cost_weight)
+                                  config.cost_weight, network)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (weight * loss).backward()  # in a process group: the whole batch's mean gradient
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             ema.update_parameters(model)
-            sums["loss"] += float(loss.detach())
-            sums["mse"] += terms["mse"]
-            sums["excess"] += terms["excess"]
+            sums["loss"] += weight * float(loss.detach())
+            sums["mse"] += weight * terms["mse"]
+            sums["excess"] += weight * terms["excess"]
         val_gap = validation_gap(ema_policy, val, config.validation)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-               **{f"train_{k}": v / batches for k, v in sums.items()},
+               **{f"train_{k}": distributed.all_mean(v) / batches for k, v in sums.items()},
                "val_gap": val_gap, "seconds": time.perf_counter() - start}
         history.append(row)
         if val_gap < best_gap:

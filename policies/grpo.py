@@ -29,10 +29,12 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
+from policies import distributed
 from policies.bc import MPC_VALIDATION_STARTS
 from policies.policy import TRCPolicy
 from policies.training import atomic_torch_save, tensorboard_writer, warmup_cosine
 from trc_gym.checks import check_bool, check_choice, check_number
+from trc_gym.devices import resolve_device
 from trc_gym.evaluation import expert_costs, gap, held_out_starts
 from trc_gym.files import append_csv_row
 
@@ -78,9 +80,13 @@ class GRPOConfig:
     validation: Literal["plan", "mpc"] = "plan"
     """What the kept planner is judged by: its plans run open loop, or its episodes replanning
     from every state (MPC, on the first `MPC_VALIDATION_STARTS` validation starts)."""
+    device: str = "auto"
+    """Where to train and simulate: auto (CUDA where present, else the CPU), cpu, cuda or
+    cuda:K."""
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "GRPOConfig.algo", ("grpo", "reinforce"))
+        resolve_device(self.device, "GRPOConfig.device")
         check_choice(self.validation, "GRPOConfig.validation", ("plan", "mpc"))
         check_bool(self.antithetic, "GRPOConfig.antithetic")
         for key in ("iterations", "starts_per_iteration", "epochs", "eval_every", "eval_starts"):
@@ -123,6 +129,10 @@ class GaussianPlanner(torch.nn.Module):
         """The diagonal Gaussian over plans around ``mean [..., N, m]``."""
         return Normal(mean, self.log_std.exp())
 
+    def forward(self, x0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean plan ``[B, N, m]`` (what `DistributedDataParallel` wraps)."""
+        return self.mean(x0, target)
+
     def mean(self, x0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The exact gradient of the final plan: through every cycle and the simulated error
         # feedback. Cloning's truncated gradient (last cycle, features as observations) is not
@@ -136,9 +146,17 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     """Fine-tune ``policy`` in place; on return it holds the weights with the lowest mean
     cost on the validation starts (the cloned weights if nothing beat them). Returns the
     history (one row per evaluation: iteration, env steps, validation cost and gap, KL, std,
-    clip fraction). With ``run_dir`` it writes ``rl_log.csv`` and ``rl_state.pt``."""
+    clip fraction). With ``run_dir`` it writes ``rl_log.csv`` and ``rl_state.pt``.
+
+    Under torchrun it trains data-parallel (`policies.distributed`): each process samples and
+    simulates the groups of its slice of every iteration's starts, and rank 0 alone writes the
+    files."""
     config = config or GRPOConfig()
     problem = policy.problem
+    device = distributed.setup(resolve_device(config.device, "GRPOConfig.device"))
+    policy.to(device)
+    if not distributed.is_main():
+        run_dir, progress = None, False  # rank 0 writes the files
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed + 7919)  # training starts
     val_seed = config.seed + 104_729  # validation starts, disjoint from the test starts
@@ -148,7 +166,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     val_expert = float(expert_costs(policy.env_id, val_starts, val_seed,
                                     policy.env_kwargs).mean())
 
-    planner = GaussianPlanner(policy, config.init_std)
+    planner = GaussianPlanner(policy, config.init_std).to(device)
+    network = distributed.data_parallel(planner, device)
     reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
     ref_log_std = planner.log_std.detach().clone()
     min_log_std = torch.log(config.min_std * planner.u_half)
@@ -160,8 +179,8 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
         optimizer, warmup_cosine(config.warmup_iterations, config.iterations, floor=0.1))
 
     def validation_cost() -> float:
-        mpc = config.validation == "mpc"
-        return float(policy.episode_costs(val_x0, val_target, mpc).mean())
+        return distributed.sharded_mean(lambda index: policy.episode_costs(
+            val_x0[index], val_target[index], config.validation == "mpc"), len(val_x0))
 
     best_cost = validation_cost()
     best_state = copy.deepcopy(policy.model.state_dict())
@@ -181,44 +200,55 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     bar = tqdm(range(1, config.iterations + 1), desc=f"fine-tuning ({config.algo})",
                disable=not progress)
     for iteration in bar:
+        # Every process draws every start and all noise, then takes its slice of the starts.
         x0_np = problem.sample_initial_states(rng, B)
         target_np = problem.sample_targets(rng, B)
-        x0 = torch.as_tensor(x0_np, dtype=torch.float32)
-        target = torch.as_tensor(target_np, dtype=torch.float32)
+        noise = torch.randn(B, G // 2 if config.antithetic else G, N, m)  # on the CPU: the
+        # same plans on every device
+        part, weight = distributed.rank_slice(torch.arange(B))
+        x0_np, target_np, noise = x0_np[part.numpy()], target_np[part.numpy()], noise[part]
+        x0 = torch.as_tensor(x0_np, dtype=torch.float32, device=device)
+        target = torch.as_tensor(target_np, dtype=torch.float32, device=device)
         with torch.no_grad():
             mean = planner.mean(x0, target)[:, None]
-            noise = torch.randn(B, G // 2 if config.antithetic else G, N, m)
+            noise = noise.to(device)
             if config.antithetic:  # mirrored pairs cancel the cost's curvature in the estimate
                 noise = torch.cat([noise, -noise], dim=1)
             samples = mean + planner.log_std.exp() * noise
             old_log_prob = planner.distribution(mean).log_prob(samples).sum(dim=(-2, -1))
             ref_mean = reference(x0, target)["controls"]
-        plans = samples.double().numpy().reshape(B * G, N, m)
-        costs = problem.cost(np.repeat(x0_np, G, axis=0), np.repeat(target_np, G, axis=0), plans)
+            if not torch.isfinite(samples).all():
+                raise ValueError("fine-tuning diverged: the sampled plans contain NaN or inf "
+                                 "(try a lower GRPOConfig.lr)")
+            # Every plan's cost in float64 through the batched simulator, where the model is.
+            repeat = [torch.as_tensor(np.repeat(a, G, axis=0), device=device)
+                      for a in (x0_np, target_np)]
+            costs = problem.cost_torch(*repeat, samples.double().reshape(len(part) * G, N, m))
         env_steps += B * G * N
-        advantages = group_advantages(torch.as_tensor(-costs, dtype=torch.float32).view(B, G))
+        advantages = group_advantages(-costs.float().view(len(part), G))
         planner.train()
         for _ in range(config.epochs if config.algo == "grpo" else 1):
-            new_mean = planner.mean(x0, target)
+            new_mean = network(x0, target)
             log_prob = planner.distribution(new_mean[:, None]).log_prob(samples).sum(
                 dim=(-2, -1))
             if config.algo == "grpo":
                 ratio = (log_prob - old_log_prob).exp()
                 clipped = ratio.clamp(1 - config.clip, 1 + config.clip)
                 pg_loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
-                stats["clip_fraction"] = float(((ratio - 1).abs() > config.clip).float().mean())
+                clipped_share = float(((ratio - 1).abs() > config.clip).float().mean())
+                stats["clip_fraction"] = distributed.all_mean(weight * clipped_share)
             else:
                 pg_loss = -(log_prob * advantages).mean()
             kl = kl_divergence(planner.distribution(new_mean),
                                Normal(ref_mean, ref_log_std.exp())).sum(dim=(-2, -1)).mean()
             loss = pg_loss + config.kl_coef * kl
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (weight * loss).backward()  # in a process group: the whole batch's mean gradient
             torch.nn.utils.clip_grad_norm_(planner.parameters(), config.grad_clip)
             optimizer.step()
             with torch.no_grad():
                 planner.log_std.copy_(torch.maximum(planner.log_std, min_log_std))
-            stats["kl"] = float(kl.detach())
+            stats["kl"] = distributed.all_mean(weight * float(kl.detach()))
         scheduler.step()
         planner.eval()
         if iteration % config.eval_every == 0 or iteration == config.iterations:

@@ -28,6 +28,7 @@ from trc_gym.compiled_rollout import (
     load_package,
     problem_key,
 )
+from trc_gym.devices import resolve_device
 from trc_gym.envs import make_problem
 from trc_gym.evaluation import run_episodes, steps_like_control_env
 from trc_gym.planning_policy import PlanningPolicy
@@ -61,6 +62,8 @@ class TRCPolicy(PlanningPolicy):
         evaluation) too. ``planner``: also compile the whole planner as its weights are now,
         for batch-1 plans (`_compile_planner`). Returns whether anything compiled is in use
         (False where compiling is unavailable, or on a linear problem without ``planner``)."""
+        if self.device.type != "cpu":  # compiled code is CPU code
+            return False
         linear = isinstance(self.problem, LinearProblem) and not self.problem.has_failure_states
         dtypes = (torch.float32, torch.float64) if float64 else (torch.float32,)
         # A linear rollout is one product already: nothing to compile.
@@ -114,12 +117,26 @@ class TRCPolicy(PlanningPolicy):
         return digest.hexdigest()[:16]
 
     @property
+    def device(self) -> torch.device:
+        """Where the planner's weights live and its plans are computed."""
+        return self.model.u_mid.device
+
+    def to(self, device: str | torch.device) -> TRCPolicy:
+        """Move the planner to ``device`` (see `trc_gym.devices.resolve_device`), in place;
+        returns it. Compiled code is CPU code: off the CPU the planner runs its eager graph."""
+        device = resolve_device(device)
+        if device != self.device:
+            self.model.to(device)
+            self._trace = None
+        return self
+
+    @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``."""
-        plans = self._iterates(x0, target)[-1].double().numpy()
+        plans = self._iterates(x0, target)[-1].double().cpu().numpy()
         bad = ~np.isfinite(plans).all(axis=(1, 2))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -142,12 +159,14 @@ class TRCPolicy(PlanningPolicy):
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final
         plan (what `plan` returns) last."""
-        return [u.double().numpy() for u in self._iterates(x0, target)]
+        return [u.double().cpu().numpy() for u in self._iterates(x0, target)]
 
     def _iterates(self, x0: np.ndarray, target: np.ndarray) -> list[torch.Tensor]:
-        x0 = torch.as_tensor(self.problem.check_states(x0, "x0"), dtype=torch.float32)
+        device = self.device
+        x0 = torch.as_tensor(self.problem.check_states(x0, "x0"), dtype=torch.float32,
+                             device=device)
         target = torch.as_tensor(self.problem.check_states(target, "target", batch=len(x0)),
-                                 dtype=torch.float32)
+                                 dtype=torch.float32, device=device)
         if len(x0) == 0:
             empty = torch.zeros(0, self.problem.horizon, self.problem.n_control)
             return [empty] * (self.model.config.n_refine + 1)
@@ -158,7 +177,7 @@ class TRCPolicy(PlanningPolicy):
                 return self.model(x0, target)["iterates"]
         with torch.inference_mode():  # no_grad without autograd's bookkeeping
             trace = self._current_trace(x0, target)
-            if len(x0) == 1 and "compiled" in trace:
+            if len(x0) == 1 and "compiled" in trace and device.type == "cpu":
                 return trace["compiled"]([x0, target])
             return list(trace["frozen"](x0, target))
 
@@ -238,8 +257,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_policy(path: str | Path, receding_horizon: bool = False) -> TRCPolicy:
-    """Load a planner saved by `TRCPolicy.save`."""
+def load_policy(path: str | Path, receding_horizon: bool = False,
+                device: str | torch.device = "cpu") -> TRCPolicy:
+    """Load a planner saved by `TRCPolicy.save` (on any device) onto ``device``."""
+    device = resolve_device(device)
     payload = load_checkpoint(path)
     try:
         config = json.loads(payload["config"])
@@ -265,4 +286,4 @@ def load_policy(path: str | Path, receding_horizon: bool = False) -> TRCPolicy:
     if bad:
         raise ValueError(f"{path}: weights contain NaN or inf (in {bad[:3]})")
     return TRCPolicy(model, config["env_id"], config["env_kwargs"], receding_horizon,
-                     config["metadata"])
+                     config["metadata"]).to(device)

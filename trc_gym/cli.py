@@ -8,6 +8,8 @@ main job share one set of defaults. `trc <command> --help` lists every option.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import tyro
 
 from policies.bc import BCConfig
+from policies.distributed import is_main
 from policies.grpo import GRPOConfig
 from trc_gym.checks import check_number
 from trc_gym.datasets import DataConfig
@@ -104,6 +107,9 @@ class TrainBC:
     """Model config overrides as JSON, e.g. '{"reasoning": "attention"}'."""
     resume: bool = False
     """Continue from OUT.run/bc_state.pt."""
+    nproc: int = 1
+    """Processes training data-parallel on this machine (launches torchrun; see
+    policies.distributed; for several machines run torchrun yourself)."""
     bc: tyro.conf.OmitArgPrefixes[BCConfig] = field(default_factory=BCConfig)
 
     def run(self) -> None:
@@ -119,9 +125,10 @@ class TrainBC:
                                   env_kwargs=data.metadata.get("env_kwargs"),
                                   **json_object(self.model, "--model"))
         train_bc(policy, data, self.bc, run_dir=run_dir, resume=self.resume)
-        policy.save(self.out)
-        print(f"saved {self.out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
-              f"{policy.n_parameters:,} parameters); logs in {self.out.with_suffix('.run')}")
+        if is_main():
+            policy.save(self.out)
+            print(f"saved {self.out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
+                  f"{policy.n_parameters:,} parameters); logs in {self.out.with_suffix('.run')}")
 
 
 @dataclass
@@ -134,6 +141,9 @@ class Finetune:
     """Checkpoint to write (logs go to OUT.run/)."""
     env: str | None = None
     """Env id (default: the checkpoint's; must match it)."""
+    nproc: int = 1
+    """Processes training data-parallel on this machine (launches torchrun; see
+    policies.distributed; for several machines run torchrun yourself)."""
     rl: tyro.conf.OmitArgPrefixes[GRPOConfig] = field(default_factory=GRPOConfig)
 
     def run(self) -> None:
@@ -144,10 +154,11 @@ class Finetune:
         if self.env is not None and policy.env_id != self.env:
             raise ValueError(f"{self.init} is a planner for {policy.env_id!r}, not {self.env!r}")
         finetune(policy, self.rl, run_dir=run_dir)
-        policy.save(self.out)
-        print(f"saved {self.out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
-              f"{policy.metadata['rl_env_steps']:,} env steps); logs in "
-              f"{self.out.with_suffix('.run')}")
+        if is_main():
+            policy.save(self.out)
+            print(f"saved {self.out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
+                  f"{policy.metadata['rl_env_steps']:,} env steps); logs in "
+                  f"{self.out.with_suffix('.run')}")
 
 
 @dataclass
@@ -164,11 +175,16 @@ class Evaluate:
     """Seed of the held-out starts."""
     mpc: bool = False
     """Replan from every state (receding horizon) instead of executing one plan."""
+    device: str = "auto"
+    """Where a TRC planner plans: auto (CUDA where present, else the CPU), cpu, cuda or
+    cuda:K (SB3 agents: where their network runs)."""
 
     def run(self) -> None:
         from trc_gym import evaluate, format_table
+        from trc_gym.devices import resolve_device
 
-        policy, env_id = load_any_policy(self.policy, self.env, self.mpc)
+        device = resolve_device(self.device, "--device")
+        policy, env_id = load_any_policy(self.policy, self.env, self.mpc, device)
         metrics = evaluate(policy, env_id, self.episodes, self.seed)
         print(f"{env_id}: {self.episodes} starts (seed {self.seed})\n")
         print(format_table({self.policy: metrics}))
@@ -200,6 +216,9 @@ class TrainBaseline:
     """Held-out starts evaluated after training."""
     threads: int = 1
     """Torch threads."""
+    device: str = "cpu"
+    """Where SB3's networks run: cpu (the default: SB3 runs MLP policies faster there), auto,
+    cuda or cuda:K."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -218,7 +237,8 @@ class TrainBaseline:
         torch.set_num_threads(self.threads)
         agent = train_agent(self.algo, self.env, self.timesteps, seed=self.seed,
                             n_envs=self.n_envs, eval_freq=self.eval_freq, out_dir=self.out,
-                            progress_bar=self.progress, env_kwargs=env_kwargs, **overrides)
+                            progress_bar=self.progress, env_kwargs=env_kwargs,
+                            device=self.device, **overrides)
         info = agent.info
         print(f"{self.algo.upper()} on {self.env}: {info['env_steps']} env steps "
               f"(+{info['validation_env_steps']} for validation), {info['train_seconds']:.1f} "
@@ -238,10 +258,12 @@ def check_run_paths(out: Path) -> Path:
     return check_output_path(run_dir, "the log folder of --out", folder=True)
 
 
-def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
+def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False,
+                    device: str = "cpu"):
     """``(policy, env_id)``: ``expert`` / ``random`` / ``zero`` for ``env_id`` (default
     `DEFAULT_ENV_ID`), or a saved SB3 agent (or run) folder or TRC checkpoint, whose own env is
-    used and must equal ``env_id`` when that is given. ``mpc``: replan at every step."""
+    used and must equal ``env_id`` when that is given. ``mpc``: replan at every step;
+    ``device``: where a loaded planner or agent runs."""
     from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 
     simple = {"expert": ExpertPolicy, "random": RandomPolicy, "zero": ZeroPolicy}
@@ -256,11 +278,11 @@ def load_any_policy(name: str, env_id: str | None = None, mpc: bool = False):
             raise ValueError("--mpc applies to planners, not to SB3 agents")
         from baselines import load_agent
 
-        policy = load_agent(name)
+        policy = load_agent(name, device)
     else:
         from policies import load_policy
 
-        policy = load_policy(name, receding_horizon=mpc)
+        policy = load_policy(name, receding_horizon=mpc, device=device)
     if env_id is not None and env_id != policy.env_id:
         raise ValueError(f"{name} was trained on {policy.env_id!r}, not {env_id!r}")
     return policy, policy.env_id
@@ -278,15 +300,41 @@ def parse(argv: list[str] | None = None) -> Any:
     return tyro.cli(command, args=argv, prog="trc", description=__doc__)
 
 
+def launch_processes(argv: list[str], nproc: int) -> int:
+    """Run this command line in ``nproc`` processes under torchrun on this machine (its
+    ``--nproc`` dropped); returns torchrun's exit code."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "trc_gym.cli", *rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input ends in one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     name = next((a for a in argv if a in SUBCOMMANDS), "")
     try:
-        parse(argv).run()
+        command = parse(argv)
+        nproc = getattr(command, "nproc", 1)
+        check_number(nproc, "--nproc", minimum=1, integer=True)
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return launch_processes(argv, nproc)
+        command.run()
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"trc {name}: error: {exc}".replace("  ", " "), file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -67,7 +67,7 @@ class ControlProblem:
         if np.any(self.u_low >= self.u_high):
             raise ValueError(f"{self.name}: empty control bound")
         self._torch_constants: dict[tuple, dict[str, Tensor]] = {}
-        # Faster rollouts with the same results, by dtype, where they are set up
+        # Faster CPU rollouts with the same results, by dtype, where they are set up
         # (`trc_gym.compiled_rollout.compile_rollout`); otherwise the eager loop below.
         self.fast_rollouts: dict[torch.dtype, Callable[[Tensor, Tensor, bool], Tensor]] = {}
 
@@ -154,8 +154,9 @@ class ControlProblem:
         On problems with failure states a trajectory that fails stays at its failing state for
         the rest of the horizon (the env ends the episode there), unless ``terminate=False``:
         then the dynamics run on regardless (the smooth trajectory a solver differentiates)."""
-        fast = self.fast_rollouts.get(x0.dtype)
-        if fast is not None and U.shape[1] == self.horizon and U.dtype == x0.dtype:
+        fast = self.fast_rollouts.get(x0.dtype)  # compiled for the CPU
+        if (fast is not None and U.shape[1] == self.horizon and U.dtype == x0.dtype
+                and x0.device.type == "cpu"):
             return fast(x0, U, terminate)
         states = [x0]
         dead = None  # [B] bool: failed at or before the latest state
