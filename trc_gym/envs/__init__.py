@@ -27,9 +27,14 @@ def env_name(env_id: str) -> str:
 
 
 def register_envs() -> None:
+    """Register every id of `ENV_ENTRY_POINTS`: ``gym.make(id)`` makes its `ControlEnv`;
+    ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")`` makes the batched
+    `trc_gym.vector.ControlVectorEnv` of it, through ``trc_gym.vector:make_<env name>`` (by
+    name, as the entry points are: nothing loads until an env is made)."""
     for env_id, entry_point in ENV_ENTRY_POINTS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point)
+            gym.register(id=env_id, entry_point=entry_point,
+                         vector_entry_point=f"trc_gym.vector:make_{env_name(env_id)}")
 
 
 def env_class(env_id: str):
