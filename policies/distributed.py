@@ -66,7 +66,7 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     if not dist.is_initialized():
         return module
     ids = [device] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
 def all_mean(value: float) -> float:
