@@ -92,11 +92,11 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
             expert_cost: torch.Tensor, cost_scale: float, cost_weight: float,
             network: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """Deep-supervision loss summed over iterates; returns it and per-term means (floats).
-    ``network``: what computes the model's forward (its `DistributedDataParallel` wrapper in a
-    process group; default the model).
     The cost term is the batch's excess cost in units of ``cost_scale`` (the data's mean expert
     cost), like the gap it is judged by; a per-plan ratio ``J / J*`` would put most of its
-    weight on the starts that are already at the target, where ``J*`` is near zero."""
+    weight on the starts that are already at the target, where ``J*`` is near zero.
+    ``network`` runs the model's forward (its `DistributedDataParallel` wrapper in a process
+    group; default: the model itself)."""
     model = policy.model
     iterates = (network or model)(x0, target)["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half

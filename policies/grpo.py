@@ -200,11 +200,11 @@ def finetune(policy: TRCPolicy, config: GRPOConfig | None = None,
     bar = tqdm(range(1, config.iterations + 1), desc=f"fine-tuning ({config.algo})",
                disable=not progress)
     for iteration in bar:
-        # Every process draws every start and all noise, then takes its slice of the starts.
+        # Every process draws every start and all noise (on the CPU: the same plans on every
+        # device), then takes its slice of the starts.
         x0_np = problem.sample_initial_states(rng, B)
         target_np = problem.sample_targets(rng, B)
-        noise = torch.randn(B, G // 2 if config.antithetic else G, N, m)  # on the CPU: the
-        # same plans on every device
+        noise = torch.randn(B, G // 2 if config.antithetic else G, N, m)
         part, weight = distributed.rank_slice(torch.arange(B))
         x0_np, target_np, noise = x0_np[part.numpy()], target_np[part.numpy()], noise[part]
         x0 = torch.as_tensor(x0_np, dtype=torch.float32, device=device)

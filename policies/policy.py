@@ -177,7 +177,7 @@ class TRCPolicy(PlanningPolicy):
                 return self.model(x0, target)["iterates"]
         with torch.inference_mode():  # no_grad without autograd's bookkeeping
             trace = self._current_trace(x0, target)
-            if len(x0) == 1 and "compiled" in trace and device.type == "cpu":
+            if len(x0) == 1 and "compiled" in trace:
                 return trace["compiled"]([x0, target])
             return list(trace["frozen"](x0, target))
 

@@ -181,7 +181,8 @@ def test_load_errors(tmp_path):
         load_policy(tmp_path / "mismatch.pt")
 
 
-@pytest.mark.parametrize("env_id", ["TRC-Pendulum-v0", "TRC-CartPole-v0", "TRC-Quadrotor2D-v0"])
+@pytest.mark.parametrize("env_id", ["TRC-Pendulum-v0", "TRC-Quadrotor2D-v0",
+                                    pytest.param("TRC-CartPole-v0", marks=pytest.mark.slow)])
 def test_the_planner_reads_angles_as_sine_and_cosine(env_id):
     """Whole turns of an angle change neither the dynamics nor the cost, nor the plan; and the
     plan is continuous across +-pi, where the wrapped angle jumps."""
