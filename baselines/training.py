@@ -55,7 +55,7 @@ from trc_gym.evaluation import (
     HELD_OUT_SEED,
     VALIDATION_SEED,
     evaluate,
-    steps_like_control_env,
+    feedback_path,
 )
 from trc_gym.files import write_csv, write_json
 
@@ -149,7 +149,7 @@ class EvaluationCallback(BaseCallback):
     def evaluate(self, agent: SB3Agent, n: int, seed: int) -> dict[str, float]:
         """`trc_gym.evaluate` without latency, batched through the problem where the env
         allows."""
-        path = "batched" if steps_like_control_env(self.env_id) else "step"
+        path = feedback_path(self.env_id)
         return evaluate(agent, self.env_id, n, seed, env_kwargs=self.env_kwargs, path=path,
                         latency_samples=0)
 

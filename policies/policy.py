@@ -30,7 +30,7 @@ from trc_gym.compiled_rollout import (
 )
 from trc_gym.devices import resolve_device
 from trc_gym.envs import make_problem
-from trc_gym.evaluation import run_episodes, steps_like_control_env
+from trc_gym.evaluation import feedback_path, run_episodes
 from trc_gym.planning_policy import PlanningPolicy
 from trc_gym.problem import LinearProblem
 
@@ -153,8 +153,8 @@ class TRCPolicy(PlanningPolicy):
         if not mpc:
             return self.problem.cost(x0, target, self.plan(x0, target))
         replanning = TRCPolicy(self.model, self.env_id, self.env_kwargs, receding_horizon=True)
-        path = "batched" if steps_like_control_env(self.env_id) else "step"
-        return run_episodes(replanning, self.env_id, x0, target, self.env_kwargs, path).costs
+        return run_episodes(replanning, self.env_id, x0, target, self.env_kwargs,
+                            feedback_path(self.env_id)).costs
 
     def iterates(self, x0: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Every refinement iterate's plans ``[B, N, m]``: the initial plan first, the final

@@ -18,14 +18,14 @@ from baselines import load_agent, train_agent
 from baselines.agent import ObservationNormalizer
 from baselines.hyperparameters import TUNED, hyperparameters
 from baselines.training import make_training_env, training_wrappers
-from trc_gym.evaluation import steps_like_control_env
+from trc_gym.evaluation import feedback_path
 from trc_gym.files import read_csv_rows
 
 
 def evaluate_batched(agent, env_id, n_episodes):
     """What model selection uses: the feedback loop batched through the problem (stepped on
     the envs that override ControlEnv's step)."""
-    path = "batched" if steps_like_control_env(env_id) else "step"
+    path = feedback_path(env_id)
     return trc_gym.evaluate(agent, env_id, n_episodes, path=path, latency_samples=0)
 
 IDS = list(trc_gym.ENV_IDS)

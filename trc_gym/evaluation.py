@@ -171,6 +171,13 @@ def steps_like_control_env(env_id: str) -> bool:
                for name in ("step", "reset", "_observation"))
 
 
+def feedback_path(env_id: str) -> EpisodePath:
+    """The fastest path that steps a feedback policy's episodes exactly as the env does:
+    ``"batched"`` where the env steps like `ControlEnv` (`steps_like_control_env`), else
+    ``"step"``."""
+    return "batched" if steps_like_control_env(env_id) else "step"
+
+
 def run_feedback(policy: Any, env_id: str, x0: np.ndarray, target: np.ndarray,
                  env_kwargs: dict | None = None) -> Episodes:
     """`step_episodes` without the envs: all episodes at once through the problem's batched
