@@ -165,7 +165,8 @@ def run(config: JobConfig, command: str = "") -> dict:
     if data is None:
         data = datasets.generate(env_id, data_config.num_samples, seed=data_config.seed,
                                  workers=data_config.workers, progress=progress,
-                                 trajectory_starts=data_config.trajectory_starts)
+                                 trajectory_starts=data_config.trajectory_starts,
+                                 device=data_config.device)
         datasets.save(data, data_path)
     timings["data_seconds"] = time.perf_counter() - start
 

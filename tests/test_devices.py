@@ -67,3 +67,23 @@ def test_checkpoint_loads_onto_the_device_asked_for(tmp_path, capsys):
     assert trc_main(["evaluate", str(path), "--episodes", "4", "--device", "cpu"]) == 0
     assert trc_main(["evaluate", str(path), "--episodes", "4", "--device", "tpu"]) == 2
     assert "--device must be auto" in capsys.readouterr().err
+
+
+def test_generation_takes_a_device_and_plans_as_on_the_cpu(tmp_path):
+    from trc_gym import datasets
+    from trc_gym.envs import make_expert
+
+    expert = make_expert("TRC-VanDerPol-v0")
+    assert expert.device == torch.device("cpu") and expert.to("auto") is expert
+    assert expert.device == resolve_device("auto")
+    x0, target = held_out_starts("TRC-VanDerPol-v0", 3)
+    np.testing.assert_allclose(expert.plan(x0, target),
+                               make_expert("TRC-VanDerPol-v0").plan(x0, target), rtol=1e-9,
+                               atol=1e-9)
+    data = datasets.generate(DI, 20, seed=1, device="cpu", progress=False)
+    np.testing.assert_array_equal(data.controls,
+                                  datasets.generate(DI, 20, seed=1, progress=False).controls)
+    with pytest.raises(ValueError, match=r"DataConfig\.device"):
+        datasets.generate(DI, 20, device="gpu", progress=False)
+    assert trc_main(["generate", "--num-samples", "8", "--device", "cpu", "--out",
+                     str(tmp_path / "d.npz")]) == 0

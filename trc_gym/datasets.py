@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trc_gym.checks import check_number
+from trc_gym.devices import resolve_device
 from trc_gym.envs import make_expert, make_problem
 from trc_gym.files import atomic_write
 
@@ -41,8 +42,13 @@ class DataConfig:
     """Share of the samples that start from a state on another sample's expert trajectory (at
     a random step): the states a planner replanning at every step (MPC) meets; 0: every start
     is drawn from the start box."""
+    device: str = "cpu"
+    """Where the experts' torch parts run (iLQR's trajectories, derivatives and line search;
+    its backward pass is numpy): cpu (the default: the solvers are tuned for it), auto, cuda
+    or cuda:K. On CUDA the chunks are solved in this process, one after another."""
 
     def __post_init__(self) -> None:
+        resolve_device(self.device, "DataConfig.device")
         check_number(self.num_samples, "num_samples", minimum=1, integer=True)
         check_number(self.seed, "seed", minimum=0, integer=True)
         check_number(self.trajectory_starts, "trajectory_starts", minimum=0, maximum=0.9)
@@ -75,7 +81,7 @@ class Demonstrations:
 
 def _solve_chunk(args: tuple) -> np.ndarray:
     env_id, env_kwargs, x0, target = args
-    return make_expert(env_id, **env_kwargs).plan(x0, target)
+    return make_expert(env_id, **env_kwargs).plan(x0, target)  # a worker: on the CPU
 
 
 CHUNK_SIZE = 256  # starts per expert call; a shard is made of whole chunks of the full run
@@ -139,7 +145,7 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
              workers: int | None = DataConfig.workers, chunk_size: int = CHUNK_SIZE,
              env_kwargs: dict | None = None, progress: bool = True,
              trajectory_starts: float = DataConfig.trajectory_starts,
-             shard: tuple[int, int] = (0, 1)) -> Demonstrations:
+             shard: tuple[int, int] = (0, 1), device: str = DataConfig.device) -> Demonstrations:
     """Sample starts and targets with ``seed`` and solve each with the env's expert; a share
     ``trajectory_starts`` of the samples then starts from states on the first samples' expert
     trajectories (each at a step drawn uniformly from 1 to N-1, with that sample's target).
@@ -147,13 +153,15 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
     ``shard=(i, K)``: only part ``i`` of ``K`` of those samples (`shard_samples`), box samples
     first; `merge` joins the ``K`` parts into the full run's dataset. Fast (batched) experts
     run in this process in chunks; slow ones (``Expert.parallel``) are spread over ``workers``
-    processes (default: every core).
+    processes (default: every core), except on a CUDA ``device``.
     """
     from trc_gym import __version__
 
-    DataConfig(num_samples, seed, workers, trajectory_starts)  # checks them
+    DataConfig(num_samples, seed, workers, trajectory_starts, device)  # checks them
     env_kwargs = dict(env_kwargs or {})
-    expert = make_expert(env_id, **env_kwargs)
+    expert = make_expert(env_id, **env_kwargs).to(device)
+    if expert.device.type != "cpu":
+        workers = 1  # one process drives the device
     problem = expert.problem
     starts = draw_starts(problem, num_samples, seed, trajectory_starts)
     box, on_trajectory = shard_samples(starts, shard, chunk_size)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 
+from trc_gym.devices import resolve_device
 from trc_gym.problem import ControlProblem
 
 
@@ -21,6 +23,14 @@ class Expert:
 
     def __init__(self, problem: ControlProblem):
         self.problem = problem
+        # Where a solver's torch parts run (`to`); the numpy parts stay on the CPU.
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Expert:
+        """Run the solver's torch parts on ``device`` (`trc_gym.devices.resolve_device`);
+        returns the expert. Plans still come back as float64 numpy arrays."""
+        self.device = resolve_device(device)
+        return self
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The expert's plans ``U [B, N, m]`` from ``x0 [B, n]`` to ``target [B, n]`` (or one

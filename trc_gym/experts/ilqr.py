@@ -62,27 +62,27 @@ ARMIJO = 1e-4
 
 
 def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np.ndarray, *,
-         penalty: Penalty | None = None, max_iter: int = 100,
-         tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+         penalty: Penalty | None = None, max_iter: int = 100, tol: float = 1e-6,
+         device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Locally optimal plans from ``x0 [B, n]`` to ``target [B, n]`` started at
     ``U_init [B, N, m]`` (clipped into the bound).
 
     Returns ``(U [B, N, m], objective [B])`` with objective = cost + penalty of ``U``.
     ``max_iter`` bounds the iterations, ``tol`` is the relative objective decrease below which
-    a start counts as converged.
+    a start counts as converged. ``device``: where the trajectories, derivatives and line
+    search live (the backward pass is numpy, on the CPU).
     """
     x0, U_init = problem.check_plan(x0, U_init)
     target = problem.check_states(target, "target", batch=x0.shape[0])
     if max_iter < 0 or tol < 0:
         raise ValueError(f"max_iter and tol must be non-negative, got {max_iter}, {tol}")
     with torch.no_grad(), one_thread():
-        x0_t = torch.from_numpy(x0)
-        tgt = torch.from_numpy(target)
-        U = problem.clip_controls(torch.from_numpy(U_init).clone())
+        x0_t, tgt, U = (torch.from_numpy(a).to(device) for a in (x0, target, U_init))
+        U = problem.clip_controls(U.clone())
         X = _smooth_rollout(problem, x0_t, U)
         J = objective_torch(problem, X, tgt, U, penalty)
-        mu = torch.zeros(len(x0), dtype=DTYPE)
-        active = torch.ones(len(x0), dtype=torch.bool)
+        mu = torch.zeros(len(x0), dtype=DTYPE, device=U.device)
+        active = torch.ones(len(x0), dtype=torch.bool, device=U.device)
         for _ in range(max_iter):
             idx = torch.nonzero(active).flatten()
             if len(idx) == 0:
@@ -90,7 +90,7 @@ def ilqr(problem: ControlProblem, x0: np.ndarray, target: np.ndarray, U_init: np
             out = _iterate(problem, penalty, X[idx], tgt[idx], U[idx], J[idx], mu[idx], tol)
             X[idx], U[idx], J[idx], mu[idx], done = out
             active[idx] = ~done
-    return U.numpy(), J.numpy()
+    return U.cpu().numpy(), J.cpu().numpy()
 
 
 def objective_torch(problem: ControlProblem, states: Tensor, target: Tensor, U: Tensor,
@@ -179,14 +179,15 @@ class ILQRExpert(Expert):
             # overhead.
             penalty = self.barrier(0)
             solved = ilqr(problem, np.tile(x0, (G, 1)), np.tile(target, (G, 1)),
-                          np.concatenate(guesses), penalty=penalty,
+                          np.concatenate(guesses), penalty=penalty, device=self.device,
                           **self.options)[0].reshape(G, B, *guesses[0].shape[1:])
             candidates = np.concatenate([np.stack(guesses), solved])  # [2G, B, N, m]
             scores = np.stack([self.score(x0, target, plan, penalty) for plan in candidates])
             best = candidates[scores.argmin(axis=0), np.arange(B)]
             for stage in range(1, len(self.barrier_stages)):
                 penalty = self.barrier(stage)
-                refined = ilqr(problem, x0, target, best, penalty=penalty, **self.options)[0]
+                refined = ilqr(problem, x0, target, best, penalty=penalty, device=self.device,
+                               **self.options)[0]
                 better = (self.score(x0, target, refined, penalty)
                           <= self.score(x0, target, best, penalty))
                 best = np.where(better[:, None, None], refined, best)
@@ -206,12 +207,12 @@ class ILQRExpert(Expert):
         ended at a failure), offset by 1e12 for plans that fail, so successes win."""
         problem = self.problem
         with torch.no_grad():
-            tgt, U = torch.from_numpy(target), torch.from_numpy(plan)
-            states = problem.rollout_torch(torch.from_numpy(x0), U)
-            value = problem.cost_torch(torch.from_numpy(x0), tgt, U)
+            x0_t, tgt, U = (torch.from_numpy(a).to(self.device) for a in (x0, target, plan))
+            states = problem.rollout_torch(x0_t, U)
+            value = problem.cost_torch(x0_t, tgt, U)
             if penalty is not None:
                 value = value + penalty(states, tgt)
-        states, value = states.numpy(), value.numpy()
+        states, value = states.cpu().numpy(), value.cpu().numpy()
         ok = problem.success(states, target) & ~problem.constraint_violations(states)
         return np.where(ok, value, 1e12 + value)
 
@@ -329,7 +330,8 @@ def _backward(problem, U, mu, A, Bu, lx, lxx, lu, luu):
     per-call overhead is lower than torch's). Returns feedforward ``k [B, N, m]``, gains
     ``K [B, N, m, n]``, the expected-change coefficients ``dV1, dV2 [B]`` and whether ``Quu +
     mu I`` was positive definite at every step ``[B]`` (all as tensors)."""
-    U, mu, A, Bu, lx, lxx, lu, luu = (t.numpy() for t in (U, mu, A, Bu, lx, lxx, lu, luu))
+    device = U.device
+    U, mu, A, Bu, lx, lxx, lu, luu = (t.cpu().numpy() for t in (U, mu, A, Bu, lx, lxx, lu, luu))
     Bsz, N, m = U.shape
     eye = np.eye(m)
     Vx, Vxx = lx[:, -1, :, None], lxx[:, -1]  # Vx as a column [B, n, 1]
@@ -372,7 +374,7 @@ def _backward(problem, U, mu, A, Bu, lx, lxx, lu, luu):
         Vx = Qx + KT @ (Quu @ kc) + KT @ Qu + Qux.swapaxes(-1, -2) @ kc
         Vxx = Qxx + KT @ QuuK + KT @ Qux + Qux.swapaxes(-1, -2) @ K
         Vxx = 0.5 * (Vxx + Vxx.swapaxes(-1, -2))
-    return tuple(torch.from_numpy(a) for a in (k_all, K_all, dV1, dV2, ok))
+    return tuple(torch.from_numpy(a).to(device) for a in (k_all, K_all, dV1, dV2, ok))
 
 
 def box_qp(H: Tensor, g: Tensor, lo: Tensor, hi: Tensor, start: Tensor | None = None,
@@ -432,7 +434,7 @@ def _line_search(problem, penalty, X, tgt, U, J, k, K, dV1, dV2, ok):
     for alphas in STEP_GROUPS:
         if len(rows) == 0:
             break
-        a = torch.as_tensor(alphas, dtype=U.dtype)
+        a = torch.as_tensor(alphas, dtype=U.dtype, device=U.device)
         S, Uc, Jn = _rollouts(problem, penalty, X[rows], U[rows], k[rows], K[rows], a, tgt[rows])
         expected = -(a[:, None] * dV1[rows] + a[:, None] ** 2 * dV2[rows])  # [L, b]
         decrease = J[rows][None] - Jn
