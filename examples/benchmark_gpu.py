@@ -14,7 +14,9 @@ Measured (double integrator, small planner, untrained weights: speed does not de
 - the vector env: env steps per second of ``gym.make_vec(..., vectorization_mode=
   "vector_entry_point", device=...)`` at 4096 and 65,536 envs;
 - batched planning: plans per second of `TRCPolicy.plan` (numpy in and out) at batch 1 to
-  65,536, on the device and on the CPU.
+  65,536, on the device and on the CPU;
+- the expert: seconds of the iLQR expert for one chunk of 256 Pendulum plans (64 in the smoke
+  run), its torch parts on the device.
 
 It also checks that the device's plans equal the CPU's to float32 rounding. Prints one table
 and writes it with the device's name to ``--out``/gpu.md and gpu.json. Without an accelerator
@@ -32,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import trc_gym  # noqa: F401  (registers the envs)
+import trc_gym
 from policies import BCConfig, GRPOConfig, TRCPolicy, finetune, train_bc
 from trc_gym import datasets
 from trc_gym.devices import resolve_device
@@ -80,6 +82,15 @@ def vector_env_steps_per_second(device: torch.device, num_envs: int, steps: int)
     seconds = time.perf_counter() - start
     envs.close()
     return steps * num_envs / seconds
+
+
+def expert_seconds(device: torch.device, starts: int) -> float:
+    """Seconds of the Pendulum expert's plans from ``starts`` held-out starts."""
+    expert = trc_gym.make_expert("TRC-Pendulum-v0").to(device)
+    x0, target = held_out_starts("TRC-Pendulum-v0", starts)
+    start = time.perf_counter()
+    expert.plan(x0, target)
+    return time.perf_counter() - start
 
 
 def plans_per_second(policy: TRCPolicy, batch: int, repeats: int) -> float:
@@ -136,6 +147,9 @@ def main() -> None:
         repeats = 20 if batch <= 1024 else 3
         speed = [plans_per_second(planner[k], batch, repeats) for k in ("cpu", "device")]
         rows.append((f"planning, batch {batch}", *speed, "plans/s"))
+    expert_starts = 64 if args.quick else 256
+    rows.append((f"iLQR expert, {expert_starts} Pendulum plans",
+                 *(expert_seconds(d, expert_starts) for d in (cpu, device)), "s"))
     x0, target = held_out_starts(DI, 4096)
     reference = planner["cpu"].plan(x0, target)
     difference = float(np.abs(planner["device"].plan(x0, target) - reference).max()
