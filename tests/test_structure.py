@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "examples"))  # the main job's module, bc_then_rl
 # problem <- experts <- envs <- datasets and evaluation <- policies, baselines <- CLI
 LAYERS = [
     ("trc_gym.problem", "trc_gym.compiled_rollout", "trc_gym.checks", "trc_gym.threads",
-     "trc_gym.files"),
+     "trc_gym.files", "trc_gym.devices"),
     ("trc_gym.experts",),
     ("trc_gym.envs",),
     ("trc_gym.datasets", "trc_gym.evaluation", "trc_gym.planning_policy", "trc_gym"),
