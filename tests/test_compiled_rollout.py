@@ -5,6 +5,7 @@ the default run checks an env without and one with trigonometric dynamics (its g
 compiled VJP takes two more minutes, in the slow run), and the slow run (``make test-all``)
 every env."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -84,24 +85,34 @@ def test_gradients_equal_the_eager_backward_pass(pair):
     rounding, and the compiled VJP is in use."""
     eager, fast = pair
     x0, target, U = random_plans(eager.problem, 5, seed=1)
-    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in (x0, target))
-    grads = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fast.problem.fast_rollouts[torch.float32].vjp()
     assert not [w for w in caught if "gradient unavailable" in str(w.message)]
-    for policy in (eager, fast):
-        policy.model.zero_grad()
-        plans = policy.model(x0, target, gradient="exact")["controls"]
-        policy.problem.cost_torch(x0, target, plans).sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in policy.model.parameters()
-                                if p.grad is not None]))
-        u = torch.as_tensor(U, dtype=torch.float32, device="cpu").requires_grad_()
-        policy.problem.cost_torch(x0, target, u).sum().backward()
-        grads.append(u.grad)
-    for fast_grad, eager_grad in ((grads[2], grads[0]), (grads[3], grads[1])):
-        # Float32 sums in another order: equal to rounding relative to the gradient's size.
-        assert float((fast_grad - eager_grad).norm() / eager_grad.norm()) < 1e-5
+
+    def gradients(model, problem, dtype):
+        """The cost's gradients in float64: by the planner's weights, and by the plans ``U``."""
+        x, t = (torch.as_tensor(a, dtype=dtype) for a in (x0, target))
+        model.zero_grad()
+        plans = model(x, t, gradient="exact")["controls"]
+        problem.cost_torch(x, t, plans).sum().backward()
+        by_weights = torch.cat([p.grad.flatten() for p in model.parameters()
+                                if p.grad is not None])
+        u = torch.as_tensor(U, dtype=dtype).requires_grad_()
+        problem.cost_torch(x, t, u).sum().backward()
+        return by_weights.double(), u.grad.double()
+
+    def difference(a, b):
+        return float((a - b).norm() / b.norm())
+
+    fast32 = gradients(fast.model, fast.problem, torch.float32)
+    eager32 = gradients(eager.model, eager.problem, torch.float32)
+    exact = gradients(copy.deepcopy(eager.model).double(), eager.problem, torch.float64)
+    for f, e, x in zip(fast32, eager32, exact):
+        # Float32 sums in another order. Through an unstable swing-up they round far from the
+        # float64 gradient (2e-3 on Pendulum), and the two float32 paths must agree within a
+        # tenth of that rounding.
+        assert difference(f, e) < max(1e-5, 0.1 * difference(e, x))
 
 
 @pytest.mark.parametrize("env_id", [

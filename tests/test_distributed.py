@@ -65,25 +65,13 @@ def test_two_process_finetuning_equals_one_process(runs):
     assert [r["env_steps"] for r in two] == [r["env_steps"] for r in one]
 
 
-def test_two_processes_resume_a_one_process_run(runs, monkeypatch):
-    import policies.bc
-
-    calls, real = [], policies.bc.validation_gap
-
-    def crash_in_third_epoch(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(policies.bc, "validation_gap", crash_in_third_epoch)
+def test_two_processes_resume_a_one_process_run(runs, bc_interrupted_in_third_epoch):
     data = datasets.load(runs / "data.npz")
     torch.manual_seed(0)
-    with pytest.raises(KeyboardInterrupt):
+    with bc_interrupted_in_third_epoch():
         train_bc(TRCPolicy.create(DI, "small"), data,
                  BCConfig(epochs=3, batch_size=67, warmup_steps=5, device="cpu"),
                  run_dir=runs / "resumed.run", progress=False)
-    monkeypatch.setattr(policies.bc, "validation_gap", real)
     assert len(read_csv_rows(runs / "resumed.run" / "bc_log.csv")) == 2
     assert trc_main(["train-bc", "--data", str(runs / "data.npz"), "--out",
                      str(runs / "resumed.pt"), "--resume", "--nproc", "2", *BC_ARGS]) == 0

@@ -242,25 +242,14 @@ def test_short_cloning_beats_untrained_and_zero(small_data):
     assert history[-1]["val_gap"] < history[0]["val_gap"]
 
 
-def test_cloning_is_deterministic_and_resumable(small_data, tmp_path, monkeypatch):
+def test_cloning_is_deterministic_and_resumable(small_data, tmp_path,
+                                                bc_interrupted_in_third_epoch):
     a, _ = _train(small_data, 3)
     b, _ = _train(small_data, 3)
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
-    import policies.bc
-
-    calls, real = [], policies.bc.validation_gap
-
-    def crash_in_third_epoch(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(policies.bc, "validation_gap", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with bc_interrupted_in_third_epoch():
         _train(small_data, 3, run_dir=tmp_path)
-    monkeypatch.setattr(policies.bc, "validation_gap", real)
     resumed, history = _train(small_data, 3, run_dir=tmp_path, resume=True)
     assert len(history) == 3
     x0, target = trc_gym.held_out_starts(DI, 32)
