@@ -155,7 +155,9 @@ def test_expert_plan_api_checks_input(env_id):
         trc_gym.expert_plan(env_id, np.zeros((1, n)), np.full((1, n), np.nan))
 
 
-@pytest.mark.parametrize("env_id", NONLINEAR_IDS)
+@pytest.mark.parametrize("env_id", [  # the CLI is the same for every env; CartPole's is slow
+    pytest.param(env_id, marks=pytest.mark.slow) if env_id == "TRC-CartPole-v0" else env_id
+    for env_id in NONLINEAR_IDS])
 def test_trc_generate_writes_a_dataset(env_id, tmp_path, capsys):
     out = tmp_path / "demo.npz"
     assert trc_main(["generate", "--env", env_id, "--num-samples", "8", "--out", str(out)]) == 0
