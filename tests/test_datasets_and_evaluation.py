@@ -175,3 +175,33 @@ def test_trajectory_starts_lie_on_the_expert_trajectories_of_the_box_samples():
     assert data.metadata["trajectory_starts"] == 0.25
     with pytest.raises(ValueError, match="trajectory_starts"):
         datasets.generate(DI, 10, trajectory_starts=1.0, progress=False)
+
+
+def test_the_gap_distribution_script_reports_the_evaluations_gap_and_who_carries_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+    from gap_distribution import gap_distribution
+
+    from policies import TRCPolicy
+
+    expert = np.ones(100)
+    costs = np.full(100, 1.01)
+    costs[37] = 10.0  # one episode carries 9 of the 9.99 excess
+    summary = gap_distribution(costs, expert)
+    assert summary["gap"] == pytest.approx(0.0999)
+    assert summary["worst_share"][0.01] == pytest.approx(9 / 9.99)
+    assert summary["worst_share"][0.10] == pytest.approx((9 + 9 * 0.01) / 9.99)
+    assert summary["percentiles"][50] == pytest.approx(0.01) and summary["worst"][0] == 37
+
+    torch.manual_seed(0)
+    policy = TRCPolicy.create(DI, "small")
+    policy.save(tmp_path / "untrained.pt")
+    run = subprocess.run([sys.executable, "examples/gap_distribution.py",
+                          str(tmp_path / "untrained.pt"), "--episodes", "40"],
+                         capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    expected = trc_gym.evaluate(policy, DI, 40, latency_samples=0)["gap"]
+    assert f"gap {expected:+.3%}" in run.stdout
