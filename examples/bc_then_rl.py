@@ -37,7 +37,7 @@ from policies.bc import evaluate_iterates
 from trc_gym import datasets
 from trc_gym.datasets import DataConfig
 from trc_gym.envs import DEFAULT_ENV_ID, env_name
-from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED, run_episodes
+from trc_gym.evaluation import DEFAULT_EPISODES, HELD_OUT_SEED, run_episodes, with_measures
 from trc_gym.files import write_json
 from trc_gym.threads import one_thread
 
@@ -228,7 +228,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     for name in ("random", "zero"):
         results[name].update(parameters=0, env_steps=0)
 
-    table = trc_gym.format_table(results, columns=TABLE_COLUMNS)
+    table = trc_gym.format_table(results, columns=with_measures(TABLE_COLUMNS, results))
     headline = MPC if config.headline == "MPC" else "TRC fine-tuned"
     header = (f"{env_id}: {config.episodes} held-out starts (seed {HELD_OUT_SEED}); "
               f"expert mean cost {results['expert']['mean_cost']:.3f}; TRC's headline mode: "

@@ -195,6 +195,25 @@ def test_expert_plans_succeed_through_the_env(env_id, expert_cache):
             assert info["fuel_used"] == pytest.approx(fuel) and 50.0 < fuel < 400.0
 
 
+def expert_episodes(env_id, expert_cache):
+    """``(target, Episodes)`` of the cached expert plans, rolled out open loop."""
+    x0, target, U = expert_cache(env_id)
+    return target, evaluation.Episodes(U, make_problem(env_id).rollout(x0, U), np.zeros(len(x0)))
+
+
+def test_the_evaluation_reports_the_rockets_fuel_as_the_env_counts_it(expert_cache):
+    metrics = evaluation.trajectory_metrics(make_problem(ROCKET),
+                                            *expert_episodes(ROCKET, expert_cache))
+    x0, target, U = expert_cache(ROCKET)
+    stepped = [step_through_env(ROCKET, x0[i], target[i], U[i])[2]["fuel_used"]
+               for i in range(len(x0))]
+    assert metrics["fuel_used"] == pytest.approx(np.mean(stepped), rel=1e-6)
+    table = trc_gym.format_table({"expert": metrics})
+    assert "fuel (kg)" in table and f"{metrics['fuel_used']:.1f}" in table
+    assert "fuel_used" not in evaluation.trajectory_metrics(make_problem(NAV),
+                                                            *expert_episodes(NAV, expert_cache))
+
+
 def check_failed_episode(env_id, x0, target, plan, penalty):
     """Step ``plan`` (which must fail early) through the env and compare with the batched
     rollout and cost; returns the failure step."""

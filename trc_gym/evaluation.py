@@ -238,6 +238,8 @@ def trajectory_metrics(problem: ControlProblem, target: np.ndarray,
                                * alive).sum(1).mean())
     metrics["success_rate"] = float(problem.success(states, target).mean())
     metrics["violations"] = float((out_of_bound | problem.constraint_violations(states)).mean())
+    for name, values in problem.episode_measures(states).items():
+        metrics[name] = float(np.mean(values))
     return metrics
 
 
@@ -346,6 +348,7 @@ METRICS: dict[str, Metric] = {
     "terminal_error": Metric("terminal error", "{:.4f}"),
     "effort": Metric("effort", "{:.3f}"),
     "violations": Metric("violations", "{:.1%}"),
+    "fuel_used": Metric("fuel (kg)", "{:.1f}"),
     # One plan (planners) or N predict calls (MPC, SB3) at batch 1.
     "ms_per_plan": Metric("ms/episode", "{:.2f}"),
     "ms_per_action": Metric("ms/action", "{:.3f}"),
@@ -385,6 +388,14 @@ METRICS: dict[str, Metric] = {
     "seconds_per_run": Metric("s/run", "{:.0f}"),
 }
 DEFAULT_COLUMNS = ("mean_cost", "gap", "success_rate", "terminal_error", "effort", "ms_per_plan")
+MEASURE_COLUMNS = ("fuel_used",)  # problems' `episode_measures`: shown where present
+
+
+def with_measures(columns: tuple[str, ...],
+                  results: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """``columns`` and, after them, every `MEASURE_COLUMNS` entry that some result has."""
+    return (*columns, *(k for k in MEASURE_COLUMNS
+                        if k not in columns and any(k in m for m in results.values())))
 
 
 def metric(key: str) -> Metric:
@@ -402,12 +413,12 @@ def metric(key: str) -> Metric:
 def format_table(results: dict[str, dict[str, Any]], columns: tuple[str, ...] | None = None,
                  first: str = "policy") -> str:
     """A markdown table with one row per entry (``results[name] = metrics``); ``columns`` are
-    metric keys (default: `DEFAULT_COLUMNS` and every per-group terminal error present). A
-    missing value prints '-'."""
+    metric keys (default: `DEFAULT_COLUMNS`, every per-group terminal error and every
+    `MEASURE_COLUMNS` entry present). A missing value prints '-'."""
     if columns is None:
         groups = sorted({k for m in results.values() for k in m
                          if k.startswith("terminal_error_")})
-        columns = (*DEFAULT_COLUMNS, *groups)
+        columns = with_measures((*DEFAULT_COLUMNS, *groups), results)
     lines = [f"| {first} | " + " | ".join(metric(k).header for k in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for name, values in results.items():

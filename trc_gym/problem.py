@@ -275,6 +275,11 @@ class ControlProblem:
         """Whether each trajectory ``[B, N+1, n]`` breaks a state constraint (none by default)."""
         return np.zeros(len(states), dtype=bool)
 
+    def episode_measures(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-episode quantities ``[B]`` of trajectories ``[B, N+1, n]`` that the evaluation
+        reports beside the cost (their means, under these names); none by default."""
+        return {}
+
     def failed(self, x: np.ndarray, step: int) -> np.ndarray:
         """`failure_torch` on numpy states ``[B, n]`` reached after ``step`` steps: ``[B]``."""
         x = self.check_states(x, "x")

@@ -162,6 +162,9 @@ class RocketProblem(ControlProblem):
         states = np.asarray(states)
         return 1000.0 * (states[:, 0, 6] - states[:, -1, 6])
 
+    def episode_measures(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        return {"fuel_used": self.fuel_used(states)}
+
     def sample_targets(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return np.zeros((size, 7))  # the pad at rest
 
