@@ -16,7 +16,6 @@ def _deterministic():
     torch.set_num_threads(1)
 
 
-
 @pytest.fixture
 def bc_interrupted_in_third_epoch():
     """A context manager: cloning inside it raises KeyboardInterrupt in its third epoch's

@@ -37,7 +37,7 @@ from trc_gym.problem import check_array
 
 # `ControlEnv`'s methods that this class reproduces batched: an env overriding one of them
 # behaves in a way the batched step does not know, so it cannot be vectorized here.
-REPRODUCED_METHODS = ("reset", "step", "_observation", "_info")
+REPRODUCED_METHODS = ("reset", "step", "_observation", "_info", "episode_info")
 RESET_OPTIONS = ("state", "target", "reset_mask")
 
 
@@ -69,7 +69,7 @@ class ControlVectorEnv(VectorEnv):
     problem's units (clipped into the bound; NaN, inf or a wrong shape raise ValueError);
     observations ``[B, 2n+1+k]`` float32; rewards ``[B]`` float64; terminations and truncations
     ``[B]`` bool; info: ``state``, ``target`` ``[B, n]`` every step, ``failed``,
-    ``terminal_error``, ``success`` (and the env's `episode_info` entries) for the sub-envs
+    ``terminal_error``, ``success`` (and the problem's `episode_measures`) for the sub-envs
     that terminated, each with its ``_key`` mask (Gymnasium's vector info convention).
     ``max_episode_steps`` (optional) truncates as ``TimeLimit`` would.
 
@@ -98,7 +98,7 @@ class ControlVectorEnv(VectorEnv):
         if max_episode_steps is not None:
             check_number(max_episode_steps, "max_episode_steps", minimum=1, integer=True)
         self.device = resolve_device(device)
-        # One single env: its spaces, its problem (the dynamics and cost), its episode_info.
+        # One single env: its spaces and its problem (the dynamics, cost and measures).
         self.env = env_class(**problem_kwargs)
         self.problem = p = self.env.problem
         self.num_envs = B = int(num_envs)
@@ -124,7 +124,6 @@ class ControlVectorEnv(VectorEnv):
         self._seeds: list[int | None] = [None] * B
         self._autoreset = np.zeros(B, dtype=bool)  # ended last step: reset by the next step
         self._started = False
-        self._episode_info = type(self.env).episode_info is not ControlEnv.episode_info
 
     # ------------------------------------------------------------------ seeding
     @property
@@ -273,7 +272,7 @@ class ControlVectorEnv(VectorEnv):
 
     def _outcomes(self, ended: np.ndarray, failed: Tensor) -> dict[str, Any]:
         """The last step's info of the sub-envs ``ended`` (indices): ``failed``,
-        ``terminal_error``, ``success`` and `episode_info`'s entries, each ``[B]`` with its
+        ``terminal_error``, ``success`` and the problem's `episode_measures`, each ``[B]`` with its
         ``_key`` mask, judged on each episode's states padded to N+1 after a failure as
         `ControlEnv.step` pads them."""
         p, B = self.problem, self.num_envs
@@ -286,17 +285,13 @@ class ControlVectorEnv(VectorEnv):
         mask[ended] = True
         values = {"failed": to_numpy(failed[rows]).astype(bool),
                   "terminal_error": p.terminal_error(to_numpy(final), target),
-                  "success": np.asarray(p.success(states, target), dtype=bool)}
+                  "success": np.asarray(p.success(states, target), dtype=bool),
+                  **p.episode_measures(states)}  # e.g. Rocket's fuel_used
         info: dict[str, Any] = {}
         for key, value in values.items():
             info[key] = np.zeros(B, dtype=value.dtype)
             info[key][ended] = value
             info[f"_{key}"] = mask.copy()
-        if self._episode_info:  # env-specific entries (e.g. Rocket's fuel_used), per episode
-            extra: dict[str, Any] = {}
-            for j, i in enumerate(ended):
-                extra = self._add_info(extra, self.env.episode_info(states[j:j + 1]), int(i))
-            info.update(extra)
         return info
 
     def render(self) -> None:

@@ -83,9 +83,9 @@ class ControlEnv(gym.Env):
         return np.clip(np.zeros(self.problem.n_control), self.problem.u_low, self.problem.u_high)
 
     def episode_info(self, states: np.ndarray) -> dict:
-        """Extra entries of the last step's info, from the episode's states ``[1, N+1, n]``
-        (padded after a failure); none by default."""
-        return {}
+        """Extra entries of the last step's info: the problem's `episode_measures` of the
+        episode's states ``[1, N+1, n]`` (padded after a failure), e.g. Rocket's fuel_used."""
+        return {k: float(v[0]) for k, v in self.problem.episode_measures(states).items()}
 
     def step(self, action):
         p = self.problem

@@ -208,9 +208,6 @@ class RocketEnv(ControlEnv):
     expert_class = RocketExpert
     view = (-450.0, 450.0, -50.0, 850.0)  # side view (x, z) in m
 
-    def episode_info(self, states: np.ndarray) -> dict:
-        return {"fuel_used": float(self.problem.fuel_used(states)[0])}
-
     def draw(self, canvas) -> None:
         """Side view (x, z): ground, pad (with a flag), the path so far and the lander
         (drawn 40 m tall, pointing along its thrust) with its flame (5 m per kN); top-right
