@@ -149,6 +149,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     progress = config.progress
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
+    job_start = time.perf_counter()
 
     # The PPO baseline trains in a second process beside TRC (one core each; one torch thread
     # per process, since intra-op threads only fight each other on a small machine).
@@ -212,9 +213,11 @@ def run(config: JobConfig, command: str = "") -> dict:
     if ppo is not None:
         policies["PPO"] = ppo
     policies.update({"random": RandomPolicy(env_id, seed=seed), "zero": ZeroPolicy(env_id)})
+    start = time.perf_counter()
     results = {}
     for name, candidate in policies.items():
         results[name] = trc_gym.evaluate(candidate, env_id, config.episodes, HELD_OUT_SEED)
+    timings["evaluation_seconds"] = time.perf_counter() - start
     results["expert"].update(parameters=None, env_steps=0)
     for name in ("TRC cloned", "TRC fine-tuned", CLONED_MPC, MPC):
         meta = policies[name].metadata
@@ -237,6 +240,7 @@ def run(config: JobConfig, command: str = "") -> dict:
               f"{results[headline]['success_rate']:.1%}")
     print(f"\n{header}\n\n{table}\n")
     (out / "table.md").write_text(f"{header}\n\n{table}\n")
+    timings["total_seconds"] = time.perf_counter() - job_start  # up to the table; plots follow
     record = {"command": command, "env_id": env_id, "headline": headline,
               "config": dataclasses.asdict(config),
               "timings": timings, "results": results, "bc_history": bc_history,

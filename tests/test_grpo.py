@@ -116,6 +116,10 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     assert set(record["results"]) == {"expert", "TRC cloned", "TRC fine-tuned", "TRC cloned (MPC)",
                                       "TRC fine-tuned (MPC)", "PPO", "random", "zero"}
     assert abs(record["results"]["expert"]["gap"]) < 1e-9  # float32 actions: not exactly 0
+    timings = record["timings"]  # PPO trains beside the TRC stages, so it is not in the sum
+    stages = sum(timings[k] for k in ("data_seconds", "bc_seconds", "rl_seconds",
+                                      "evaluation_seconds"))
+    assert 0 < stages <= timings["total_seconds"]
     from policies import load_policy
 
     assert load_policy(tmp_path / "trc_rl.pt").metadata["rl_env_steps"] > 0
