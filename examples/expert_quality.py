@@ -123,9 +123,8 @@ def measure(env_id: str, episodes: int, seed: int, with_lqr: bool,
         if name == label and with_reference:
             row.update(reference_excess(problem, *seen, plans))
         rows[f"{env_id}: {name}"], costs[name] = row, run.costs
-        if name == label and hasattr(problem, "fuel_used"):  # the rocket reports fuel beside J
-            fuel = problem.fuel_used(run.states).mean()
-            notes.append(f"{env_id}: {label} burns {fuel:.1f} kg of fuel on average")
+        if name == label and "fuel_used" in row:  # the rocket reports fuel beside J
+            notes.append(f"{env_id}: {label} burns {row['fuel_used']:.1f} kg of fuel on average")
     if with_lqr:
         excess = costs[label] - costs["clipped LQR"]
         notes.append(f"{env_id}: {label}'s cost is above clipped LQR's on {(excess > 1e-9).sum()}"

@@ -177,12 +177,13 @@ def test_trajectory_starts_lie_on_the_expert_trajectories_of_the_box_samples():
         datasets.generate(DI, 10, trajectory_starts=1.0, progress=False)
 
 
-def test_the_gap_distribution_script_reports_the_evaluations_gap_and_who_carries_it(tmp_path):
+def test_the_gap_distribution_script_reports_the_evaluations_gap_and_who_carries_it(
+        tmp_path, monkeypatch):
     import subprocess
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "examples"))
     from gap_distribution import gap_distribution
 
     from policies import TRCPolicy
