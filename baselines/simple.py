@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from trc_gym.checks import check_number
 from trc_gym.envs import make_expert, make_problem
 from trc_gym.experts import Expert
 from trc_gym.planning_policy import PlanningPolicy
 
 
 class ExpertPolicy(PlanningPolicy):
-    """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves; ``predict`` executes
-    the plan tracked with the expert's feedback gains where it has them (iLQR), or open loop
-    with ``open_loop=True`` (what an open-loop planner faces: float32 actions and observations
-    alone make swing-up plans miss)."""
+    """The env's expert (exact QP / iLQR) as a policy: ``plan`` solves, spread over
+    ``workers`` processes (default: every core) where the expert is slow per start;
+    ``predict`` executes the plan tracked with the expert's feedback gains where it has them
+    (iLQR), or open loop with ``open_loop=True`` (what an open-loop planner faces: float32
+    actions and observations alone make swing-up plans miss)."""
 
     def __init__(self, env_id: str, receding_horizon: bool = False, open_loop: bool = False,
-                 **env_kwargs):
+                 workers: int | None = None, **env_kwargs):
         self.expert = make_expert(env_id, **env_kwargs)
         self.open_loop = open_loop
+        if workers is not None:
+            check_number(workers, "workers", minimum=1, integer=True)
+        self.workers = workers or os.cpu_count() or 1
         super().__init__(self.expert.problem, env_id, env_kwargs, receding_horizon)
 
     @property
     def feedback(self) -> bool:
-        has_gains = type(self.expert).plan_and_gains is not Expert.plan_and_gains
+        has_gains = type(self.expert).gains is not Expert.gains
         return has_gains and not (self.open_loop or self.receding_horizon)
 
     def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return self.expert.plan(x0, target)
+        return self.expert.plan_in_chunks(x0, target, self.workers)
 
     def plan_and_gains(self, x0: np.ndarray,
                        target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.open_loop:
-            return self.expert.plan(x0, target), None
-        return self.expert.plan_and_gains(x0, target)
+        plans = self.expert.plan_in_chunks(x0, target, self.workers)
+        return plans, None if self.open_loop else self.expert.gains(x0, target, plans)
 
 
 class RandomPolicy(PlanningPolicy):

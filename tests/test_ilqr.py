@@ -118,6 +118,30 @@ def test_penalty_steers_the_plan_around_an_obstacle():
     assert np.all(np.abs(U) <= 2.0)
 
 
+def test_chunks_solved_in_processes_are_the_chunks_solved_here(monkeypatch):
+    """`Expert.plan_in_chunks` makes the same calls in worker processes as in this one, so
+    the same plans; the chunking only changes float rounding against one batched call."""
+    import trc_gym.experts.base as base
+
+    pools = []
+
+    class CountedPool(base.ProcessPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(base, "ProcessPoolExecutor", CountedPool)
+    expert = trc_gym.make_expert(VDP)
+    x0, target = trc_gym.held_out_starts(VDP, 7)
+    done = []
+    in_processes = expert.plan_in_chunks(x0, target, workers=2, chunk_size=3,
+                                         on_chunk=done.append)
+    assert pools == [2] and done == [3, 3, 1]
+    np.testing.assert_array_equal(in_processes, expert.plan_in_chunks(x0, target, chunk_size=3))
+    assert pools == [2]  # one worker: no pool
+    np.testing.assert_allclose(in_processes, expert.plan(x0, target), rtol=0, atol=1e-9)
+
+
 def test_bad_input_raises():
     problem = trc_gym.make_problem(VDP)
     with pytest.raises(ValueError, match="U has shape"):

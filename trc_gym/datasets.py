@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from trc_gym.checks import check_number
 from trc_gym.devices import resolve_device
 from trc_gym.envs import make_expert, make_problem
+from trc_gym.experts.base import CHUNK_SIZE  # a shard is made of whole chunks of the full run
 from trc_gym.files import atomic_write
 
 ARRAYS = ("initial_states", "target_states", "controls", "states", "costs")
@@ -79,12 +79,6 @@ class Demonstrations:
                               metadata={**self.metadata, "num_samples": len(index)})
 
 
-def _solve_chunk(args: tuple) -> np.ndarray:
-    env_id, env_kwargs, x0, target = args
-    return make_expert(env_id, **env_kwargs).plan(x0, target)  # a worker: on the CPU
-
-
-CHUNK_SIZE = 256  # starts per expert call; a shard is made of whole chunks of the full run
 
 
 @dataclass
@@ -160,23 +154,22 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
     DataConfig(num_samples, seed, workers, trajectory_starts, device)  # checks them
     env_kwargs = dict(env_kwargs or {})
     expert = make_expert(env_id, **env_kwargs).to(device)
-    if expert.device.type != "cpu":
-        workers = 1  # one process drives the device
     problem = expert.problem
     starts = draw_starts(problem, num_samples, seed, trajectory_starts)
     box, on_trajectory = shard_samples(starts, shard, chunk_size)
     x0, target = starts.x0[box.start:box.stop], starts.target[box.start:box.stop]
     bar = tqdm(total=len(box) + len(on_trajectory), desc=f"expert plans {env_id}",
                disable=not progress, unit="plan")
-    solve = dict(expert=expert, env_id=env_id, env_kwargs=env_kwargs, chunk_size=chunk_size,
-                 workers=workers or os.cpu_count() or 1, bar=bar)
-    controls = _solve(x0, target, **solve)
+    solve = dict(workers=workers or os.cpu_count() or 1, chunk_size=chunk_size,
+                 on_chunk=bar.update)
+    controls = expert.plan_in_chunks(x0, target, **solve)
     if len(on_trajectory):
         states = problem.rollout(x0, controls)
         source = starts.source[on_trajectory] - box.start
         x0 = np.concatenate([x0, states[source, starts.step[on_trajectory]]])
         target = np.concatenate([target, target[source]])
-        controls = np.concatenate([controls, _solve(x0[len(box):], target[len(box):], **solve)])
+        controls = np.concatenate([controls, expert.plan_in_chunks(x0[len(box):], target[len(box):],
+                                                                   **solve)])
     bar.close()
     metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
                 "num_samples": len(x0), "trajectory_starts": trajectory_starts,
@@ -234,24 +227,6 @@ def merge(parts: list[Demonstrations]) -> Demonstrations:
     metadata = {k: v for k, v in first.items() if k != "shard"} | {"num_samples": num_samples}
     return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
                           problem.cost(x0, target, controls), metadata)
-
-
-def _solve(x0: np.ndarray, target: np.ndarray, expert, env_id: str, env_kwargs: dict,
-           chunk_size: int, workers: int, bar: tqdm) -> np.ndarray:
-    """The expert's plans ``[B, N, m]`` from ``x0, target [B, n]``, in chunks."""
-    chunks = [(env_id, env_kwargs, x0[i:i + chunk_size], target[i:i + chunk_size])
-              for i in range(0, len(x0), chunk_size)]
-    plans = []
-    if expert.parallel and workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for chunk, plan in zip(chunks, pool.map(_solve_chunk, chunks)):
-                plans.append(plan)
-                bar.update(len(chunk[2]))
-    else:
-        for chunk in chunks:
-            plans.append(expert.plan(chunk[2], chunk[3]))
-            bar.update(len(chunk[2]))
-    return np.concatenate(plans)
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:

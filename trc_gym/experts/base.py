@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from typing import ClassVar
 
 import numpy as np
@@ -10,13 +13,16 @@ import torch
 from trc_gym.devices import resolve_device
 from trc_gym.problem import ControlProblem
 
+CHUNK_SIZE = 256  # starts per expert call of `Expert.plan_in_chunks`
+
 
 class Expert:
     """An optimal-control solver for one problem: ``plan(x0, target) -> U [B, N, m]``.
 
-    Subclasses implement `solve` on checked float64 inputs. ``parallel`` tells
-    `trc_gym.datasets.generate` to spread the solves over processes (slow, per-start work)
-    rather than run them batched in one process.
+    Subclasses implement `solve` on checked float64 inputs, and `gains` where they track
+    their plans with feedback. ``parallel`` marks a solver whose work is per start (slow):
+    `plan_in_chunks` spreads its chunks over processes rather than running them batched in
+    one.
     """
 
     parallel: ClassVar[bool] = False
@@ -49,14 +55,46 @@ class Expert:
                              f"what the problem's float64 dynamics and cost can represent")
         return plans
 
+    def plan_in_chunks(self, x0: np.ndarray, target: np.ndarray, workers: int = 1,
+                       chunk_size: int = CHUNK_SIZE,
+                       on_chunk: Callable[[int], object] | None = None) -> np.ndarray:
+        """`plan`, ``chunk_size`` starts per call (the same calls whatever ``workers``, so the
+        same plans); a `parallel` expert on the CPU solves the chunks in ``workers`` processes
+        when there is more than one. ``on_chunk(starts)`` is called as each chunk is done (a
+        progress bar's ``update``)."""
+        x0 = self.problem.check_states(x0, "x0")
+        target = self.problem.check_states(target, "target", batch=x0.shape[0])
+        chunks = [(x0[i:i + chunk_size], target[i:i + chunk_size])
+                  for i in range(0, len(x0), chunk_size)]
+        if not chunks:
+            return self.plan(x0, target)
+        in_processes = (self.parallel and self.device.type == "cpu" and workers > 1
+                        and len(chunks) > 1)
+        plans = []
+        with (ProcessPoolExecutor(min(workers, len(chunks))) if in_processes
+              else nullcontext()) as pool:
+            solved = (pool.map if in_processes else map)(self.plan, *zip(*chunks))
+            for (chunk, _), plan in zip(chunks, solved):
+                plans.append(plan)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+        return np.concatenate(plans)
+
+    def gains(self, x0: np.ndarray, target: np.ndarray,
+              plans: np.ndarray) -> np.ndarray | None:
+        """The time-varying feedback gains ``K [B, N, m, n]`` that track ``plans [B, N, m]``
+        (this expert's, from ``x0`` to ``target [B, n]``): a controller that applies
+        ``u_k + K_k (x_k - xbar_k)`` (clipped into the bound) on the planned trajectory
+        ``xbar`` corrects small deviations from it, such as the rounding of float32 actions
+        and observations, which an unstable system amplifies open loop. None (the default):
+        the plans are executed as they are."""
+        return None
+
     def plan_and_gains(self, x0: np.ndarray,
                        target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """`plan`, with the time-varying feedback gains ``K [B, N, m, n]`` that track it: a
-        controller that applies ``u_k + K_k (x_k - xbar_k)`` (clipped into the bound) on the
-        planned trajectory ``xbar`` corrects small deviations from it, such as the rounding of
-        float32 actions and observations, which an unstable system amplifies open loop. None
-        (the default): the plan is executed as it is."""
-        return self.plan(x0, target), None
+        """`plan` and its `gains`."""
+        plans = self.plan(x0, target)
+        return plans, self.gains(x0, target, plans)
 
     def solve(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} implements no solver")

@@ -193,13 +193,11 @@ class ILQRExpert(Expert):
                 best = np.where(better[:, None, None], refined, best)
         return best
 
-    def plan_and_gains(self, x0: np.ndarray,
-                       target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        plans = self.plan(x0, target)
+    def gains(self, x0: np.ndarray, target: np.ndarray, plans: np.ndarray) -> np.ndarray:
         p = self.problem
-        return plans, tracking_gains(p, p.check_states(x0, "x0"),
-                                     p.check_states(target, "target", len(x0)), plans,
-                                     self.barrier(-1))
+        return tracking_gains(p, p.check_states(x0, "x0"),
+                              p.check_states(target, "target", len(x0)), plans,
+                              self.barrier(-1))
 
     def score(self, x0: np.ndarray, target: np.ndarray, plan: np.ndarray,
               penalty: Penalty | None = None) -> np.ndarray:
