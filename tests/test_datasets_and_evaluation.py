@@ -206,3 +206,26 @@ def test_the_gap_distribution_script_reports_the_evaluations_gap_and_who_carries
     assert run.returncode == 0, run.stderr
     expected = trc_gym.evaluate(policy, DI, 40, latency_samples=0)["gap"]
     assert f"gap {expected:+.3%}" in run.stdout
+
+
+def test_the_saturation_split_names_the_starts_whose_optimum_rides_the_bound(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "examples"))
+    from bound_saturation import saturation_split
+
+    problem = trc_gym.make_problem(DI)  # controls in [-4, 4]
+    expert = np.zeros((4, problem.horizon, 1))
+    expert[:2, 0] = 4.0  # the first two optima start at the bound
+    policy = expert.copy()
+    policy[:2, 0] = 3.0  # the policy stops a quarter short of it
+    expert_costs, costs = np.full(4, 10.0), np.array([13.0, 12.0, 10.5, 10.5])
+    summary = saturation_split(problem, expert, expert_costs, policy, costs)
+    saturating, rest = summary["groups"]["saturating"], summary["groups"]["not saturating"]
+    assert saturating["starts"] == rest["starts"] == 2
+    assert saturating["gap"] == pytest.approx(0.25) and rest["gap"] == pytest.approx(0.05)
+    assert saturating["excess_share"] == pytest.approx(5 / 6)
+    assert summary["gap"] == pytest.approx(0.15)
+    assert summary["policy_load_where_expert_at_bound"] == pytest.approx(0.75)
+    assert summary["expert_controls_at_bound"] == pytest.approx(2 / expert.size)
+    assert summary["policy_controls_at_bound"] == 0.0
