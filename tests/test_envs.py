@@ -136,3 +136,24 @@ def test_package_qualified_id():
     """Tooling that only knows the package name can make the env."""
     env = gym.make("trc_gym:TRC-DoubleIntegrator-v0")
     assert env.reset(seed=0)[0].shape == (5,)
+
+
+def test_the_animation_is_one_frame_per_state_of_a_held_out_episode(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "examples"))
+    from animate import episode_frames, save_gif
+
+    from baselines import ZeroPolicy
+
+    env_id = "TRC-DoubleIntegrator-v0"
+    x0, target = trc_gym.held_out_starts(env_id, 1)
+    frames = episode_frames(ZeroPolicy(env_id), env_id, x0[0], target[0])
+    horizon = trc_gym.make_problem(env_id).horizon
+    assert len(frames) == horizon + 1 and frames[0].dtype == np.uint8
+    assert not np.array_equal(frames[0], frames[-1])  # the state moved
+    save_gif(frames, tmp_path / "episode.gif", 0.33)
+    with Image.open(tmp_path / "episode.gif") as gif:
+        assert gif.n_frames == horizon + 1 and gif.info["duration"] == 330
