@@ -158,3 +158,29 @@ def test_bad_problem_inputs_raise(problem):
         problem.cost(np.zeros((2, 2)), np.zeros((3, 2)), np.zeros((2, 15, 1)))
     with pytest.raises(ValueError, match="x0 has shape"):
         trc_gym.expert_plan(DI, np.zeros((4, 3)), np.zeros((4, 3)))
+
+
+def test_the_pinned_first_control_cost_is_the_optimum_given_that_control(problem, monkeypatch):
+    """``Q*(x0, u0)`` of examples/critic_precision.py: J* at the optimal first control, above it
+    elsewhere, and equal to L-BFGS-B over the remaining controls."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "examples"))
+    from critic_precision import pinned_first_control_cost
+
+    x0, target = trc_gym.held_out_starts("TRC-DoubleIntegrator-v0", 3)
+    optimal = trc_gym.make_expert("TRC-DoubleIntegrator-v0").plan(x0, target)
+    best = problem.cost(x0, target, optimal)
+    np.testing.assert_allclose(pinned_first_control_cost(problem, x0, target, optimal[:, 0]),
+                               best, rtol=1e-9)
+    u0 = optimal[:, 0] - 0.7 * np.sign(optimal[:, 0])  # 0.7 toward zero: inside the box
+    pinned = pinned_first_control_cost(problem, x0, target, u0)
+    assert np.all(pinned > best)
+    for i in range(3):
+        def cost(rest, i=i):
+            plan = np.concatenate([u0[i], rest])[None, :, None]
+            return problem.cost(x0[i:i + 1], target[i:i + 1], plan)[0]
+
+        found = minimize(cost, optimal[i, 1:, 0], method="L-BFGS-B",
+                         bounds=[(-4.0, 4.0)] * (problem.horizon - 1), options={"ftol": 1e-14})
+        assert pinned[i] == pytest.approx(found.fun, rel=1e-6)
