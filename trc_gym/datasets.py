@@ -79,8 +79,6 @@ class Demonstrations:
                               metadata={**self.metadata, "num_samples": len(index)})
 
 
-
-
 @dataclass
 class Starts:
     """Every start of a run, drawn before any solve: ``x0, target [S_box, n]`` from the start
@@ -168,8 +166,8 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
         source = starts.source[on_trajectory] - box.start
         x0 = np.concatenate([x0, states[source, starts.step[on_trajectory]]])
         target = np.concatenate([target, target[source]])
-        controls = np.concatenate([controls, expert.plan_in_chunks(x0[len(box):], target[len(box):],
-                                                                   **solve)])
+        more = expert.plan_in_chunks(x0[len(box):], target[len(box):], **solve)
+        controls = np.concatenate([controls, more])
     bar.close()
     metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
                 "num_samples": len(x0), "trajectory_starts": trajectory_starts,
