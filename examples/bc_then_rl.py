@@ -115,8 +115,11 @@ REPLANNING: dict[str, Any] = {
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "TRC-DoubleIntegrator-v0": {},  # the configs' own defaults were tuned on it
     # Imitation only, at batch 512: the cost term makes the open-loop clone better but the MPC
-    # rows far worse (docs/vanderpol.md, "Cloning with the cost term").
-    "TRC-VanDerPol-v0": {"bc": {"batch_size": 512, "cost_weight": 0.0}},
+    # rows far worse (docs/vanderpol.md, "Cloning with the cost term"). 1000 GRPO iterations:
+    # the open-loop gap falls all the way (+8.95% cloned, +1.78% after them); the MPC rows,
+    # the env's best, are the clone's either way.
+    "TRC-VanDerPol-v0": {"bc": {"batch_size": 512, "cost_weight": 0.0},
+                         "rl": {"iterations": 1000}, "headline": "MPC"},
     "TRC-Pendulum-v0": REPLANNING,
     "TRC-CartPole-v0": REPLANNING,
     "TRC-Quadrotor2D-v0": REPLANNING,
