@@ -98,7 +98,7 @@ def critic_precision(agent, episodes: int = DEFAULT_EPISODES) -> dict[str, float
     u_critic = problem.u_low + (grid[values.argmax(0)][:, None] + 1) / 2 * (
         problem.u_high - problem.u_low)
     scale = best_cost.mean()
-    settings = hyperparameters(env_id, "sac")
+    settings = agent.info.get("hyperparameters") or hyperparameters(env_id, "sac")
     warm_up = settings["learning_starts"]
     after_warm_up, at_end = reward_divisors(agent, warm_up, settings["n_timesteps"] - warm_up)
     return {
