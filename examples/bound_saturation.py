@@ -19,7 +19,7 @@ import numpy as np
 
 from trc_gym.cli import load_any_policy
 from trc_gym.envs import make_expert
-from trc_gym.evaluation import DEFAULT_EPISODES, held_out_starts, run_episodes
+from trc_gym.evaluation import DEFAULT_EPISODES, gap, held_out_starts, run_episodes
 from trc_gym.threads import one_thread
 
 AT_BOUND = 1e-6  # a control within this share of the bound's half-width counts as at it
@@ -39,10 +39,10 @@ def saturation_split(problem, expert_plans: np.ndarray, expert_costs: np.ndarray
     groups = {}
     for name, rows in (("saturating", saturating), ("not saturating", ~saturating)):
         groups[name] = {"starts": int(rows.sum()),
-                        "gap": float(costs[rows].mean() / expert_costs[rows].mean() - 1.0)
+                        "gap": gap(costs[rows].mean(), expert_costs[rows].mean())
                         if rows.any() else float("nan"),
                         "excess_share": float(excess[rows].sum() / excess.sum())}
-    return {"gap": float(costs.mean() / expert_costs.mean() - 1.0), "groups": groups,
+    return {"gap": gap(costs.mean(), expert_costs.mean()), "groups": groups,
             "expert_controls_at_bound": float(at_bound.mean()),
             # Where the expert's control is at the bound: how far toward it the policy's goes.
             "policy_load_where_expert_at_bound": float(np.median(policy_load[at_bound]))
