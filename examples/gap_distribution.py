@@ -48,12 +48,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a planner saved by the main job or trc train-bc")
     parser.add_argument("--mpc", action="store_true", help="replan at every step")
-    parser.add_argument("--reuse-plans", action="store_true",
-                        help="with --mpc: keep the last plan's rest where it costs less")
     parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES)
     parser.add_argument("--show", type=int, default=5, help="worst starts to print")
     args = parser.parse_args()
-    policy = load_policy(args.checkpoint, receding_horizon=args.mpc, reuse_plans=args.reuse_plans)
+    policy = load_policy(args.checkpoint, receding_horizon=args.mpc)
     env_id = policy.env_id
     with one_thread():
         policy.compile(planner=args.mpc)
@@ -62,7 +60,7 @@ def main() -> None:
         costs = run_episodes(policy, env_id, x0, target, path=path).costs
         expert = expert_costs(env_id, args.episodes)
     summary = gap_distribution(costs, expert)
-    mode = ("MPC, reusing plans" if args.reuse_plans else "MPC") if args.mpc else "open loop"
+    mode = "MPC" if args.mpc else "open loop"
     print(f"{args.checkpoint} ({mode}) on {args.episodes} held-out starts of {env_id}: "
           f"gap {summary['gap']:+.3%}\n")
     print("| " + " | ".join(f"p{q}" for q in PERCENTILES) + " |")

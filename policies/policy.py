@@ -41,9 +41,8 @@ class TRCPolicy(PlanningPolicy):
     """A TRC planner for one env: ``plan`` (batched numpy) and SB3-style ``predict``."""
 
     def __init__(self, model: TinyRecursiveControl, env_id: str, env_kwargs: dict | None = None,
-                 receding_horizon: bool = False, metadata: dict | None = None,
-                 reuse_plans: bool = False):
-        super().__init__(model.problem, env_id, env_kwargs, receding_horizon, reuse_plans)
+                 receding_horizon: bool = False, metadata: dict | None = None):
+        super().__init__(model.problem, env_id, env_kwargs, receding_horizon)
         self.model = model.eval()
         self.metadata = dict(metadata or {})
         self._trace: dict | None = None  # the traced graphs and their keys: _current_trace
@@ -153,8 +152,7 @@ class TRCPolicy(PlanningPolicy):
         (float64), or (``mpc``) replanning from every state, stepped as the env steps them."""
         if not mpc:
             return self.problem.cost(x0, target, self.plan(x0, target))
-        replanning = TRCPolicy(self.model, self.env_id, self.env_kwargs, receding_horizon=True,
-                               reuse_plans=self.reuse_plans)
+        replanning = TRCPolicy(self.model, self.env_id, self.env_kwargs, receding_horizon=True)
         return run_episodes(replanning, self.env_id, x0, target, self.env_kwargs,
                             feedback_path(self.env_id)).costs
 
@@ -260,9 +258,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def load_policy(path: str | Path, receding_horizon: bool = False,
-                device: str | torch.device = "cpu", reuse_plans: bool = False) -> TRCPolicy:
-    """Load a planner saved by `TRCPolicy.save` (on any device) onto ``device``
-    (``receding_horizon``, ``reuse_plans``: see `PlanningPolicy`)."""
+                device: str | torch.device = "cpu") -> TRCPolicy:
+    """Load a planner saved by `TRCPolicy.save` (on any device) onto ``device``."""
     device = resolve_device(device)
     payload = load_checkpoint(path)
     try:
@@ -289,4 +286,4 @@ def load_policy(path: str | Path, receding_horizon: bool = False,
     if bad:
         raise ValueError(f"{path}: weights contain NaN or inf (in {bad[:3]})")
     return TRCPolicy(model, config["env_id"], config["env_kwargs"], receding_horizon,
-                     config["metadata"], reuse_plans).to(device)
+                     config["metadata"]).to(device)

@@ -6,9 +6,7 @@ made when the observation says the episode starts (time left is 1): open loop, o
 `plan_and_gains` returns feedback gains, tracked with them (``u_k + K_k (x_k - xbar_k)``,
 clipped into the bound, on the planned states ``xbar``). With ``receding_horizon=True`` it
 replans from the current state at every step and applies the first control (model-predictive
-control with the full horizon); with ``reuse_plans=True`` as well, the rest of the last step's
-plan (shifted by one step, its last control repeated) is kept instead of the new plan wherever
-it costs less from the state reached (`keep_cheaper_plans`).
+control with the full horizon).
 """
 
 from __future__ import annotations
@@ -23,13 +21,11 @@ class PlanningPolicy:
     """A policy for the env ``env_id`` (made with ``env_kwargs``), whose problem it plans on."""
 
     def __init__(self, problem: ControlProblem, env_id: str, env_kwargs: dict | None = None,
-                 receding_horizon: bool = False, reuse_plans: bool = False):
+                 receding_horizon: bool = False):
         self.problem = problem
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})
         self.receding_horizon = receding_horizon
-        self.reuse_plans = reuse_plans
-        self._applied: np.ndarray | None = None  # [B, N, m] MPC: the plans of the last step
         self._plans: np.ndarray | None = None  # [B, N, m] plans being executed
         self._plan_start: np.ndarray | None = None  # [B] step index each plan was made at
         self._gains: np.ndarray | None = None  # [B, N, m, n] their feedback gains, if any
@@ -63,13 +59,7 @@ class PlanningPolicy:
         x, target, time_left = observation_parts(obs, p.n_state)
         step = np.clip(np.rint((1.0 - time_left) * p.horizon).astype(int), 0, p.horizon - 1)
         if self.receding_horizon:
-            plans = self.plan(x, target)
-            if self.reuse_plans:
-                continuing = step > 0
-                if episode_start is not None:
-                    continuing &= ~np.asarray(episode_start, dtype=bool).reshape(-1)
-                plans = self.keep_cheaper_plans(x, target, plans, continuing)
-            actions = plans[:, 0]
+            actions = self.plan(x, target)[:, 0]
         else:
             replan = step == 0
             if self._plans is None or len(self._plans) != len(obs):
@@ -96,24 +86,3 @@ class PlanningPolicy:
                 actions = np.clip(actions + correction, p.u_low, p.u_high)
         actions = actions.astype(np.float32)
         return (actions[0] if single else actions), None
-
-    def keep_cheaper_plans(self, x: np.ndarray, target: np.ndarray, plans: np.ndarray,
-                           continuing: np.ndarray) -> np.ndarray:
-        """``plans [B, N, m]`` from the states ``x [B, n]``, each replaced by the rest of the plan
-        applied at the last step (shifted by one, its last control repeated) where that costs
-        less from ``x`` (both judged by the problem's float64 cost) and the episode is
-        ``continuing [B]``. A replanning policy then changes course only for a plan it
-        predicts to be better, which stops it from wavering between two ways to the target
-        (a swing-up to the left or to the right) from one step to the next; remembers the
-        result as the plans applied."""
-        previous, self._applied = self._applied, plans
-        if previous is None or previous.shape != plans.shape or not continuing.any():
-            return plans
-        shifted = np.concatenate([previous[:, 1:], previous[:, -1:]], axis=1)
-        rows = np.flatnonzero(continuing)
-        cheaper = (self.problem.cost(x[rows], target[rows], shifted[rows])
-                   < self.problem.cost(x[rows], target[rows], plans[rows]))
-        plans = plans.copy()
-        plans[rows[cheaper]] = shifted[rows[cheaper]]
-        self._applied = plans
-        return plans
