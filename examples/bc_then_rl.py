@@ -34,6 +34,7 @@ import trc_gym
 from baselines import ExpertPolicy, RandomPolicy, ZeroPolicy
 from policies import BCConfig, GRPOConfig, TRCConfig, TRCPolicy, finetune, load_policy, train_bc
 from policies.bc import evaluate_iterates
+from policies.dagger import DAggerConfig, dagger
 from trc_gym import datasets
 from trc_gym.datasets import DataConfig
 from trc_gym.envs import DEFAULT_ENV_ID, env_name
@@ -74,6 +75,7 @@ class JobConfig:
     latency a deployed controller has)."""
     data: DataConfig = field(default_factory=DataConfig)
     bc: BCConfig = field(default_factory=BCConfig)
+    dagger: DAggerConfig = field(default_factory=DAggerConfig)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: bool = True
     """Train the SB3 PPO baseline (beside TRC, in a second process)."""
@@ -128,6 +130,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "TRC-ObstacleNav-v0": {"data": {"num_samples": 3000}},
 }
 QUICK: dict[str, Any] = {"data": {"num_samples": 1000}, "bc": {"epochs": 3},
+                         "dagger": {"episodes": 20, "labels": 20, "epochs": 2},
                          "rl": {"iterations": 3}, "ppo_steps": 1024, "episodes": 50}
 
 
@@ -188,6 +191,13 @@ def run(config: JobConfig, command: str = "") -> dict:
         policy.compile(planner=False)
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",
                           progress=progress)
+    dagger_history: list[dict] = []
+    if config.dagger.rounds:
+        dagger_start = time.perf_counter()
+        data, dagger_history = dagger(policy, data, config.dagger, bc_config, seed=seed,
+                                      run_dir=out / "trc_bc.run", progress=progress)
+        timings["dagger_seconds"] = time.perf_counter() - dagger_start
+    # Cloning's time includes its DAgger rounds.
     policy.metadata["bc_seconds"] = timings["bc_seconds"] = time.perf_counter() - start
     policy.save(out / "trc_bc.pt")
 
@@ -247,7 +257,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     record = {"command": command, "env_id": env_id, "headline": headline,
               "config": dataclasses.asdict(config),
               "timings": timings, "results": results, "bc_history": bc_history,
-              "rl_history": rl_history}
+              "dagger_history": dagger_history, "rl_history": rl_history}
     write_json(out / "results.json", record)
 
     x0, target = trc_gym.held_out_starts(env_id, config.episodes)
