@@ -184,24 +184,34 @@ def test_the_gap_distribution_script_reports_the_evaluations_gap_and_who_carries
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "examples"))
-    from gap_distribution import gap_distribution
+    from gap_distribution import excess_by, gap_distribution
 
     from policies import TRCPolicy
 
     expert = np.ones(100)
     costs = np.full(100, 1.01)
     costs[37] = 10.0  # one episode carries 9 of the 9.99 excess
-    summary = gap_distribution(costs, expert)
+    failed = np.zeros(100, dtype=bool)
+    failed[[37, 38]] = True
+    summary = gap_distribution(costs, expert, failed)
     assert summary["gap"] == pytest.approx(0.0999)
     assert summary["worst_share"][0.01] == pytest.approx(9 / 9.99)
     assert summary["worst_share"][0.10] == pytest.approx((9 + 9 * 0.01) / 9.99)
     assert summary["percentiles"][50] == pytest.approx(0.01) and summary["worst"][0] == 37
+    assert summary["failed"] == 2 and summary["failed_share"] == pytest.approx(9.01 / 9.99)
+    start = -0.06 * np.arange(100)  # episode 37's |start|, 2.22, is in the third of 6 bins
+    rows = excess_by(start, costs, expert)
+    assert [r["episodes"] for r in rows] == [17, 16, 17, 16, 17, 17]
+    assert rows[2]["low"] <= 2.22 < rows[2]["high"]
+    assert rows[2]["share"] == pytest.approx((9 + 0.01 * 16) / 9.99)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
 
     torch.manual_seed(0)
     policy = TRCPolicy.create(DI, "small")
     policy.save(tmp_path / "untrained.pt")
     run = subprocess.run([sys.executable, "examples/gap_distribution.py",
-                          str(tmp_path / "untrained.pt"), "--episodes", "40"],
+                          str(tmp_path / "untrained.pt"), "--episodes", "40", "--by",
+                          "velocity"],
                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
     expected = trc_gym.evaluate(policy, DI, 40, latency_samples=0)["gap"]
