@@ -38,7 +38,8 @@ class DAggerConfig:
     labels: int = 3000
     """States per round labelled with the expert's plan."""
     failed_share: float = 0.5
-    """Share of the labels drawn from episodes that failed (as many as there are failures)."""
+    """Share of the labels drawn (with replacement) from the episodes that failed; none where
+    none failed."""
     epochs: int = 60
     """Cloning epochs per round, from the current weights."""
     lr: float = 5e-4
