@@ -72,6 +72,10 @@ def test_cli_generate(tmp_path, capsys):
     out = tmp_path / "d.npz"
     assert trc_main(["generate", "--env", DI, "--num-samples", "16", "--out", str(out)]) == 0
     assert len(datasets.load(out)) == 16
+    assert "expert plans" in capsys.readouterr().err  # the progress bar...
+    assert trc_main(["generate", "--env", DI, "--num-samples", "16", "--out", str(out),
+                     "--no-progress"]) == 0
+    assert "expert plans" not in capsys.readouterr().err  # ...and without it
     assert trc_main(["generate", "--env", "TRC-Nope-v0", "--num-samples", "4",
                      "--out", str(out)]) == 2
     assert "unknown env id" in capsys.readouterr().err

@@ -14,9 +14,10 @@ from trc_gym.files import read_csv_rows
 
 DI = "TRC-DoubleIntegrator-v0"
 # 270 training plans in batches of 67: parts of 34 and 33, and a last batch of 2 (1 and 1).
-BC_ARGS = ["--epochs", "3", "--batch-size", "67", "--warmup-steps", "5", "--device", "cpu"]
+BC_ARGS = ["--epochs", "3", "--batch-size", "67", "--warmup-steps", "5", "--device", "cpu",
+           "--no-progress"]
 RL_ARGS = ["--iterations", "3", "--starts-per-iteration", "33", "--group-size", "8",
-           "--eval-every", "1", "--eval-starts", "64", "--device", "cpu"]
+           "--eval-every", "1", "--eval-starts", "64", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

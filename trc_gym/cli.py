@@ -54,6 +54,8 @@ class Generate:
     shard: str | None = None
     """Solve only part i/K of the run's samples (0 <= i < K), e.g. 0/4: run all K (on any
     machines), then `trc merge` the parts into the dataset of the whole run."""
+    progress: bool = True
+    """Show a progress bar."""
     data: tyro.conf.OmitArgPrefixes[DataConfig] = field(default_factory=DataConfig)
 
     def run(self) -> None:
@@ -66,7 +68,7 @@ class Generate:
         data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
                                  workers=self.data.workers, env_kwargs=env_kwargs,
                                  trajectory_starts=self.data.trajectory_starts, shard=shard,
-                                 device=self.data.device)
+                                 device=self.data.device, progress=self.progress)
         path = datasets.save(data, self.out)
         part = f" (shard {shard[0]}/{shard[1]})" if self.shard is not None else ""
         print(f"wrote {len(data)} expert plans of {self.env}{part} to {path} "
@@ -111,6 +113,8 @@ class TrainBC:
     nproc: int = 1
     """Processes training data-parallel on this machine (launches torchrun; see
     policies.distributed; for several machines run torchrun yourself)."""
+    progress: bool = True
+    """Show a progress bar."""
     bc: tyro.conf.OmitArgPrefixes[BCConfig] = field(default_factory=BCConfig)
 
     def run(self) -> None:
@@ -125,7 +129,8 @@ class TrainBC:
         policy = TRCPolicy.create(data.metadata["env_id"], self.size,
                                   env_kwargs=data.metadata.get("env_kwargs"),
                                   **json_object(self.model, "--model"))
-        train_bc(policy, data, self.bc, run_dir=run_dir, resume=self.resume)
+        train_bc(policy, data, self.bc, run_dir=run_dir, resume=self.resume,
+                 progress=self.progress)
         if is_main():
             policy.save(self.out)
             print(f"saved {self.out} (validation gap {policy.metadata['bc_val_gap']:+.3%}, "
@@ -145,6 +150,8 @@ class Finetune:
     nproc: int = 1
     """Processes training data-parallel on this machine (launches torchrun; see
     policies.distributed; for several machines run torchrun yourself)."""
+    progress: bool = True
+    """Show a progress bar."""
     rl: tyro.conf.OmitArgPrefixes[GRPOConfig] = field(default_factory=GRPOConfig)
 
     def run(self) -> None:
@@ -154,7 +161,7 @@ class Finetune:
         policy = load_policy(self.init)
         if self.env is not None and policy.env_id != self.env:
             raise ValueError(f"{self.init} is a planner for {policy.env_id!r}, not {self.env!r}")
-        finetune(policy, self.rl, run_dir=run_dir)
+        finetune(policy, self.rl, run_dir=run_dir, progress=self.progress)
         if is_main():
             policy.save(self.out)
             print(f"saved {self.out} (validation gap {policy.metadata['rl_val_gap']:+.3%}, "
