@@ -21,7 +21,7 @@ import numpy as np
 
 from policies.bc import BCConfig, train_bc
 from policies.policy import TRCPolicy
-from trc_gym import datasets, make_expert
+from trc_gym import make_expert
 from trc_gym.checks import check_number
 from trc_gym.datasets import Demonstrations
 from trc_gym.evaluation import feedback_path, run_episodes
@@ -74,13 +74,6 @@ def visited_states(alive: np.ndarray, failed: np.ndarray, n: int, failed_share: 
     return rows.astype(int), steps
 
 
-def with_labels(data: Demonstrations, labels: Demonstrations) -> Demonstrations:
-    """``data`` followed by ``labels`` (same env)."""
-    arrays = (np.concatenate([getattr(data, k), getattr(labels, k)]) for k in datasets.ARRAYS)
-    return Demonstrations(*arrays, metadata={**data.metadata,
-                                             "num_samples": len(data) + len(labels)})
-
-
 def dagger(policy: TRCPolicy, data: Demonstrations, config: DAggerConfig,
            bc_config: BCConfig, seed: int = 0, run_dir: str | Path | None = None,
            progress: bool = True) -> tuple[Demonstrations, list[dict]]:
@@ -104,9 +97,7 @@ def dagger(policy: TRCPolicy, data: Demonstrations, config: DAggerConfig,
         start, goal = episodes.states[rows, steps], target[rows]
         controls = expert.plan_in_chunks(start, goal,
                                          workers=config.workers or os.cpu_count() or 1)
-        data = with_labels(data, Demonstrations(
-            start, goal, controls, problem.rollout(start, controls),
-            problem.cost(start, goal, controls), data.metadata))
+        data = data + Demonstrations.of_plans(problem, start, goal, controls, data.metadata)
         history = train_bc(policy, data, replace(bc_config, epochs=config.epochs, lr=config.lr),
                            run_dir=Path(run_dir) / f"round_{round_ + 1}" if run_dir else None,
                            progress=progress)

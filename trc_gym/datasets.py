@@ -65,8 +65,22 @@ class Demonstrations:
     costs: np.ndarray
     metadata: dict
 
+    @classmethod
+    def of_plans(cls, problem, x0: np.ndarray, target: np.ndarray, controls: np.ndarray,
+                 metadata: dict) -> Demonstrations:
+        """The demonstrations of plans ``controls [B, N, m]`` from ``x0, target [B, n]``, with
+        their states and costs computed by ``problem``."""
+        return cls(x0, target, controls, problem.rollout(x0, controls),
+                   problem.cost(x0, target, controls), metadata)
+
     def __len__(self) -> int:
         return len(self.initial_states)
+
+    def __add__(self, other: Demonstrations) -> Demonstrations:
+        """These samples followed by ``other``'s (same env; this metadata)."""
+        return Demonstrations(*(np.concatenate([getattr(self, k), getattr(other, k)])
+                                for k in ARRAYS),
+                              metadata={**self.metadata, "num_samples": len(self) + len(other)})
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Demonstrations, Demonstrations]:
         """A seeded random split into ``(first, rest)`` with ``fraction`` of samples first."""
@@ -176,8 +190,7 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
     if shard != (0, 1):
         metadata["shard"] = {"index": shard[0], "count": shard[1], "of_samples": num_samples,
                              "chunk_size": chunk_size}
-    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
-                          problem.cost(x0, target, controls), metadata)
+    return Demonstrations.of_plans(problem, x0, target, controls, metadata)
 
 
 def merge(parts: list[Demonstrations]) -> Demonstrations:
@@ -223,8 +236,7 @@ def merge(parts: list[Demonstrations]) -> Demonstrations:
         x0[where], target[where], controls[where] = (part.initial_states, part.target_states,
                                                      part.controls)
     metadata = {k: v for k, v in first.items() if k != "shard"} | {"num_samples": num_samples}
-    return Demonstrations(x0, target, controls, problem.rollout(x0, controls),
-                          problem.cost(x0, target, controls), metadata)
+    return Demonstrations.of_plans(problem, x0, target, controls, metadata)
 
 
 def save(data: Demonstrations, path: str | Path) -> Path:
