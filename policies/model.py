@@ -46,13 +46,17 @@ class TRCConfig:
     n_refine: int = 3  # K: refinement steps (each decodes, simulates and feeds errors back)
     error_feedback: bool = True  # False: the error encoder sees zeros (ablation)
     cost_gradient: bool = False  # also feed back dJ/du of the simulated plan (slower to learn)
+    # Also feed back each state's margin to each hard constraint (ObstacleNav: the clearance to
+    # each obstacle), where the problem has them (`ControlProblem.constraint_margins_torch`).
+    # Off by default: not yet measured on a full run (docs/recipes.md, "Next steps").
+    constraint_feedback: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.reasoning, "TRCConfig.reasoning", ("mlp", "attention"))
         for key in ("latent_dim", "hidden_dim", "n_blocks", "n_heads", "n_inner", "n_cycles"):
             check_number(getattr(self, key), f"TRCConfig.{key}", minimum=1, integer=True)
         check_number(self.n_refine, "TRCConfig.n_refine", minimum=0, integer=True)
-        for key in ("error_feedback", "cost_gradient"):
+        for key in ("error_feedback", "cost_gradient", "constraint_feedback"):
             check_bool(getattr(self, key), f"TRCConfig.{key}")
         if self.reasoning == "attention" and self.latent_dim % self.n_heads:
             raise ValueError(f"TRCConfig.latent_dim ({self.latent_dim}) must be divisible by "
@@ -144,7 +148,10 @@ class TinyRecursiveControl(nn.Module):
         self.state_encoder = mlp(3 * n_read, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.initial_generator = mlp(d, config.hidden_dim, N * m)
-        n_features = 2 * n_read + (2 * m if config.cost_gradient else m) + 3
+        margins = problem.constraint_margins_torch(torch.zeros(1, n))
+        self.n_margins = margins.shape[-1] if config.constraint_feedback and margins is not None \
+            else 0
+        n_features = 2 * n_read + (2 * m if config.cost_gradient else m) + 3 + self.n_margins
         self.error_encoder = mlp(steps_per_token * n_features, config.hidden_dim, d)
         self.reasoning = RecursiveReasoning(config)
         self.control_decoder = mlp(d, config.hidden_dim, steps_per_token * m)
@@ -198,7 +205,8 @@ class TinyRecursiveControl(nn.Module):
     def error_features(self, target: Tensor, outcome: dict[str, Tensor]) -> Tensor:
         """The outcome of `simulate` per time step ``[B, N, F]``: tracking error after the
         step, terminal error, the control, the step's state and control cost, the plan's total
-        cost, and (``cost_gradient``) the sensitivity of the total cost to each control. Errors
+        cost, (``cost_gradient``) the sensitivity of the total cost to each control, and
+        (``constraint_feedback``) the margin after the step to each hard constraint. Errors
         are `read`, costs log-compressed, the sensitivity made relative to the
         total cost."""
         plan, total = outcome["plan"], outcome["total"]
@@ -214,6 +222,9 @@ class TinyRecursiveControl(nn.Module):
         ]
         if self.config.cost_gradient:
             features.append(outcome["cost_gradient"] * self.u_half / (1.0 + total)[:, None, None])
+        if self.n_margins:  # capped: a boundary more than 1 unit away reads as far
+            margins = self.problem.constraint_margins_torch(outcome["states"][:, 1:])
+            features.append(torch.clamp(margins, max=1.0))
         return torch.cat(features, dim=-1)
 
     # ------------------------------------------------------------------ forward

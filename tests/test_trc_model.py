@@ -82,6 +82,37 @@ def test_refinement_reads_the_simulated_errors():
         assert changed == feedback
 
 
+def test_refinement_reads_the_clearance_of_its_simulated_plan():
+    """On ObstacleNav the feedback ends with each simulated state's clearance to each obstacle,
+    capped at 1 m, and changing the clearance it reads changes the refined plans only while that
+    feedback is on; problems without hard constraints get no such columns."""
+    problem = trc_gym.make_problem("TRC-ObstacleNav-v0")
+    x0 = torch.tensor([[-4.0, 0.0, 0.0, 0.0], [-0.2, 1.2, 0.0, 0.0]])  # the second 0.3 m from
+    target = torch.tensor([[4.0, 0.0, 0.0, 0.0]] * 2)                   # obstacle 0's edge
+    for feedback in (True, False):
+        torch.manual_seed(0)
+        model = TinyRecursiveControl.create_small(problem, constraint_feedback=feedback).eval()
+        plan = torch.zeros(2, problem.horizon, 2)  # at rest: every state is the start
+        features = model.error_features(target, model.simulate(x0, target, plan, "shortcut"))
+        without = TinyRecursiveControl.create_small(problem, constraint_feedback=False)
+        assert features.shape[-1] == without.error_features(
+            target, without.simulate(x0, target, plan, "shortcut")).shape[-1] + 5 * feedback
+        if feedback:
+            clearance = problem.clearance_torch(x0[:, :2]).clamp(max=1.0)
+            torch.testing.assert_close(features[:, :, -5:], clearance[:, None].expand(-1, 50, -1))
+            assert features[1, 0, -5] == pytest.approx(0.3, abs=1e-6)
+        with torch.no_grad():
+            before = model(x0, target)["iterates"]
+            true_margins = problem.constraint_margins_torch
+            problem.constraint_margins_torch = lambda states, f=true_margins: f(states) - 0.2
+            after = model(x0, target)["iterates"]
+            del problem.constraint_margins_torch
+        torch.testing.assert_close(before[0], after[0])
+        assert (not torch.allclose(before[-1], after[-1])) == feedback
+    di = trc_gym.make_problem(DI)
+    assert TinyRecursiveControl.create_small(di, constraint_feedback=True).n_margins == 0
+
+
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="reasoning must be"):
         TRCConfig(reasoning="lstm")

@@ -143,6 +143,13 @@ class ControlProblem:
         N steps)."""
         return None
 
+    def constraint_margins_torch(self, states: Tensor) -> Tensor | None:
+        """Each state's distance to the boundary of each hard constraint ``[..., C]`` of
+        ``states [..., n]`` (the problem's units; negative where violated), which a planner
+        reads back from its simulated plan (`TinyRecursiveControl.error_features`). Default
+        ``None``: no constraints beyond the control box."""
+        return None
+
     @property
     def has_failure_states(self) -> bool:
         """Whether the problem overrides `failure_torch` (episodes may end early)."""

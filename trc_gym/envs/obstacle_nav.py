@@ -134,6 +134,10 @@ class ObstacleNavProblem(LinearProblem):
         diff = positions[..., None, :] - obs[:, :2]
         return torch.sqrt((diff * diff).sum(-1) + 1e-12) - obs[:, 2]
 
+    def constraint_margins_torch(self, states: Tensor) -> Tensor:
+        """The clearance to each obstacle ``[..., K]`` (m)."""
+        return self.clearance_torch(states[..., :2])
+
     def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor:
         """A collision: inside any obstacle."""
         return (self.clearance_torch(x[..., :2]) < 0.0).any(-1)
