@@ -48,7 +48,7 @@ class TRCConfig:
     cost_gradient: bool = False  # also feed back dJ/du of the simulated plan (slower to learn)
     # Also feed back each state's margin to each hard constraint (ObstacleNav: the clearance to
     # each obstacle), where the problem has them (`ControlProblem.constraint_margins_torch`).
-    # Off by default: not yet measured on a full run (docs/recipes.md, "Next steps").
+    # Off by default: the recipes' runs use none (docs/recipes.md, "Next steps").
     constraint_feedback: bool = False
 
     def __post_init__(self) -> None:
@@ -148,9 +148,9 @@ class TinyRecursiveControl(nn.Module):
         self.state_encoder = mlp(3 * n_read, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.initial_generator = mlp(d, config.hidden_dim, N * m)
-        margins = problem.constraint_margins_torch(torch.zeros(1, n))
-        self.n_margins = margins.shape[-1] if config.constraint_feedback and margins is not None \
-            else 0
+        margins = problem.constraint_margins_torch(torch.zeros(1, n)) \
+            if config.constraint_feedback else None
+        self.n_margins = 0 if margins is None else margins.shape[-1]
         n_features = 2 * n_read + (2 * m if config.cost_gradient else m) + 3 + self.n_margins
         self.error_encoder = mlp(steps_per_token * n_features, config.hidden_dim, d)
         self.reasoning = RecursiveReasoning(config)

@@ -140,7 +140,7 @@ class ObstacleNavProblem(LinearProblem):
 
     def failure_torch(self, x: Tensor, step: int | Tensor) -> Tensor:
         """A collision: inside any obstacle."""
-        return (self.clearance_torch(x[..., :2]) < 0.0).any(-1)
+        return (self.constraint_margins_torch(x) < 0.0).any(-1)
 
     # ------------------------------------------------------------------ outcomes
     def collisions(self, states: np.ndarray) -> np.ndarray:
