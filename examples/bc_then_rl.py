@@ -63,6 +63,9 @@ class JobConfig:
     """Preset size of the planner."""
     refinement_steps: int = TRCConfig.n_refine
     """The planner's refinement steps K."""
+    constraint_feedback: bool = TRCConfig.constraint_feedback
+    """Feed each simulated state's margin to every hard constraint back to the planner
+    (TRCConfig.constraint_feedback)."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
     device: str = "auto"
@@ -191,7 +194,8 @@ def run(config: JobConfig, command: str = "") -> dict:
 
     # 2. Behaviour cloning.
     start = time.perf_counter()
-    policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps)
+    policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps,
+                              constraint_feedback=config.constraint_feedback)
     if config.compile:
         policy.compile(planner=False)
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",
