@@ -82,7 +82,8 @@ def dagger(policy: TRCPolicy, data: Demonstrations, config: DAggerConfig,
     round (failed episodes, labels, the cloning history)."""
     env_id, env_kwargs = policy.env_id, policy.env_kwargs
     problem = policy.problem
-    expert = make_expert(env_id, **env_kwargs)
+    # Labelled as the demonstrations were: with their clearance from hard constraints.
+    expert = make_expert(env_id, **env_kwargs).with_margin(data.metadata.get("margin", 0.0))
     replanning = TRCPolicy(policy.model, env_id, env_kwargs, receding_horizon=True)
     records = []
     for round_ in range(config.rounds):

@@ -318,6 +318,41 @@ def test_expert_beats_random_feasible_perturbations(env_id, expert_cache):
             assert np.all(worse | ~feasible), f"{env_id}: a perturbation beat the expert"
 
 
+def test_an_expert_with_a_margin_keeps_clear_of_the_obstacles_at_a_small_cost(expert_cache):
+    env_id = "TRC-ObstacleNav-v0"
+    problem = make_problem(env_id)
+    x0, target, optimal = expert_cache(env_id)
+    safe = trc_gym.make_expert(env_id).with_margin(0.1).plan(x0, target)
+    clearance = {name: problem.clearance_torch(torch.as_tensor(
+        problem.rollout(x0, U)[:, 1:, :2])).amin((1, 2)).numpy()
+        for name, U in (("optimal", optimal), ("safe", safe))}
+    assert clearance["optimal"].min() < 0.02  # the optimal plans graze an obstacle
+    assert clearance["safe"].min() > 0.095
+    assert problem.success(problem.rollout(x0, safe), target).all()
+    cost, safe_cost = problem.cost(x0, target, optimal), problem.cost(x0, target, safe)
+    assert np.all(safe_cost >= cost * (1 - 1e-6)) and safe_cost.mean() < 1.03 * cost.mean()
+
+
+def test_a_margin_needs_hard_state_constraints():
+    with pytest.raises(ValueError, match="margin must be 0"):
+        trc_gym.make_expert("TRC-Pendulum-v0").with_margin(0.1)
+    with pytest.raises(ValueError, match="margin"):
+        trc_gym.make_expert("TRC-ObstacleNav-v0").with_margin(-0.1)
+    trc_gym.make_expert("TRC-Pendulum-v0").with_margin(0.0)  # no margin is always allowed
+    with pytest.raises(ValueError, match="margin"):
+        datasets.DataConfig(margin=-0.1)
+    with pytest.raises(ValueError, match="margin must be 0"):
+        datasets.generate("TRC-Pendulum-v0", 2, margin=0.1, progress=False)
+
+
+def test_generated_data_records_its_margin_and_keeps_it():
+    data = datasets.generate("TRC-ObstacleNav-v0", 2, workers=1, margin=0.1, progress=False)
+    assert data.metadata["margin"] == 0.1
+    problem = make_problem("TRC-ObstacleNav-v0")
+    clearance = problem.clearance_torch(torch.as_tensor(data.states[:, 1:, :2]))
+    assert clearance.min() > 0.095
+
+
 @pytest.mark.parametrize("env_id", HARD)
 def test_expert_plan_shapes_and_bounds(env_id, expert_cache):
     problem = make_problem(env_id)

@@ -68,7 +68,8 @@ class Generate:
         data = datasets.generate(self.env, self.data.num_samples, seed=self.data.seed,
                                  workers=self.data.workers, env_kwargs=env_kwargs,
                                  trajectory_starts=self.data.trajectory_starts, shard=shard,
-                                 device=self.data.device, progress=self.progress)
+                                 device=self.data.device, margin=self.data.margin,
+                                 progress=self.progress)
         path = datasets.save(data, self.out)
         part = f" (shard {shard[0]}/{shard[1]})" if self.shard is not None else ""
         print(f"wrote {len(data)} expert plans of {self.env}{part} to {path} "

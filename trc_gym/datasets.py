@@ -46,12 +46,17 @@ class DataConfig:
     """Where the experts' torch parts run (iLQR's trajectories, derivatives and line search;
     its backward pass is numpy): cpu (the default: the solvers are tuned for it), auto, cuda
     or cuda:K. On CUDA the chunks are solved in this process, one after another."""
+    margin: float = 0.0
+    """Clearance the expert's plans keep from every hard state constraint (`Expert.with_margin`;
+    e.g. metres from each obstacle): room for a cloned planner's errors; 0: the optimal plans,
+    which graze the constraints."""
 
     def __post_init__(self) -> None:
         resolve_device(self.device, "DataConfig.device")
         check_number(self.num_samples, "num_samples", minimum=1, integer=True)
         check_number(self.seed, "seed", minimum=0, integer=True)
         check_number(self.trajectory_starts, "trajectory_starts", minimum=0, maximum=0.9)
+        check_number(self.margin, "margin", minimum=0)
         if self.workers is not None:
             check_number(self.workers, "workers", minimum=1, integer=True)
 
@@ -151,7 +156,8 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
              workers: int | None = DataConfig.workers, chunk_size: int = CHUNK_SIZE,
              env_kwargs: dict | None = None, progress: bool = True,
              trajectory_starts: float = DataConfig.trajectory_starts,
-             shard: tuple[int, int] = (0, 1), device: str = DataConfig.device) -> Demonstrations:
+             shard: tuple[int, int] = (0, 1), device: str = DataConfig.device,
+             margin: float = DataConfig.margin) -> Demonstrations:
     """Sample starts and targets with ``seed`` and solve each with the env's expert; a share
     ``trajectory_starts`` of the samples then starts from states on the first samples' expert
     trajectories (each at a step drawn uniformly from 1 to N-1, with that sample's target).
@@ -159,13 +165,14 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
     ``shard=(i, K)``: only part ``i`` of ``K`` of those samples (`shard_samples`), box samples
     first; `merge` joins the ``K`` parts into the full run's dataset. Fast (batched) experts
     run in this process in chunks; slow ones (``Expert.parallel``) are spread over ``workers``
-    processes (default: every core), except on a CUDA ``device``.
+    processes (default: every core), except on a CUDA ``device``. ``margin``: the clearance
+    the plans keep from hard state constraints (`Expert.with_margin`).
     """
     from trc_gym import __version__
 
-    DataConfig(num_samples, seed, workers, trajectory_starts, device)  # checks them
+    DataConfig(num_samples, seed, workers, trajectory_starts, device, margin)  # checks them
     env_kwargs = dict(env_kwargs or {})
-    expert = make_expert(env_id, **env_kwargs).to(device)
+    expert = make_expert(env_id, **env_kwargs).with_margin(margin).to(device)
     problem = expert.problem
     starts = draw_starts(problem, num_samples, seed, trajectory_starts)
     box, on_trajectory = shard_samples(starts, shard, chunk_size)
@@ -184,7 +191,7 @@ def generate(env_id: str, num_samples: int = DataConfig.num_samples, seed: int =
         controls = np.concatenate([controls, more])
     bar.close()
     metadata = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed,
-                "num_samples": len(x0), "trajectory_starts": trajectory_starts,
+                "num_samples": len(x0), "trajectory_starts": trajectory_starts, "margin": margin,
                 "n_state": problem.n_state, "n_control": problem.n_control,
                 "horizon": problem.horizon, "version": __version__}
     if shard != (0, 1):
@@ -205,7 +212,7 @@ def merge(parts: list[Demonstrations]) -> Demonstrations:
     if any(info is None for info in infos):
         raise ValueError("merge takes the shards of a `generate --shard i/K` run; part "
                          f"{infos.index(None)} is a whole dataset")
-    run_keys = ("env_id", "env_kwargs", "seed", "trajectory_starts", "version")
+    run_keys = ("env_id", "env_kwargs", "seed", "trajectory_starts", "margin", "version")
     first = parts[0].metadata
     for j, part in enumerate(parts):
         for key in run_keys:

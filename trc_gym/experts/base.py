@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from trc_gym.checks import check_number
 from trc_gym.devices import resolve_device
 from trc_gym.problem import ControlProblem
 
@@ -31,6 +32,25 @@ class Expert:
         self.problem = problem
         # Where a solver's torch parts run (`to`); the numpy parts stay on the CPU.
         self.device = torch.device("cpu")
+        self.margin = 0.0  # clearance kept from hard state constraints (`with_margin`)
+
+    @property
+    def keeps_margins(self) -> bool:
+        """Whether `with_margin` applies: the solver plans around hard state constraints."""
+        return False
+
+    def with_margin(self, margin: float) -> Expert:
+        """Plan to keep a clearance of at least ``margin`` (the constraint's unit, e.g. metres
+        from each obstacle's edge) from every hard state constraint; returns the expert. The
+        optimal plans graze the constraints they are bound by, so a planner cloning them
+        touches one at the smallest error; plans kept clear cost a little more and leave room
+        for those errors. ValueError where the problem has no hard state constraints."""
+        check_number(margin, "margin", minimum=0)
+        if margin > 0 and not self.keeps_margins:
+            raise ValueError(f"margin must be 0 for {type(self).__name__}: its problem has no "
+                             f"hard state constraints to keep a margin from (got {margin})")
+        self.margin = float(margin)
+        return self
 
     def to(self, device: str | torch.device) -> Expert:
         """Run the solver's torch parts on ``device`` (`trc_gym.devices.resolve_device`);

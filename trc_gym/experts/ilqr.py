@@ -154,12 +154,17 @@ class ILQRExpert(Expert):
             picks.append(plans[best, np.arange(B)])
         return list(np.concatenate(picks, axis=1))
 
+    @property
+    def keeps_margins(self) -> bool:
+        return self.clearance_torch is not None and bool(self.barrier_stages)
+
     def barrier(self, stage: int) -> Penalty | None:
-        """The barrier of ``barrier_stages[stage]`` (``(states, target) -> [B]``), or None on a
-        problem without hard state constraints."""
-        if self.clearance_torch is None or not self.barrier_stages:
+        """The barrier of ``barrier_stages[stage]`` (``(states, target) -> [B]``), its margin
+        at least `margin`, or None on a problem without hard state constraints."""
+        if not self.keeps_margins:
             return None
         margin, weight = self.barrier_stages[stage]
+        margin = max(margin, self.margin)
 
         def penalty(states: Tensor, target: Tensor) -> Tensor:
             gap = torch.relu(margin - self.clearance_torch(states))
