@@ -66,6 +66,9 @@ class JobConfig:
     constraint_feedback: bool = TRCConfig.constraint_feedback
     """Feed each simulated state's margin to every hard constraint back to the planner
     (TRCConfig.constraint_feedback)."""
+    proposals: int = TRCConfig.n_proposals
+    """Initial plans the planner writes, of which it refines the lowest-cost one
+    (TRCConfig.n_proposals)."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
     device: str = "auto"
@@ -198,7 +201,8 @@ def run(config: JobConfig, command: str = "") -> dict:
     # 2. Behaviour cloning.
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps,
-                              constraint_feedback=config.constraint_feedback)
+                              constraint_feedback=config.constraint_feedback,
+                              n_proposals=config.proposals)
     if config.compile:
         policy.compile(planner=False)
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",

@@ -98,12 +98,17 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
     ``network`` runs the model's forward (its `DistributedDataParallel` wrapper in a process
     group; default: the model itself)."""
     model = policy.model
-    iterates = (network or model)(x0, target)["iterates"]
+    out = (network or model)(x0, target)
+    iterates = out["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
     mse_total, excess_total = x0.new_zeros(()), x0.new_zeros(())
-    for controls in iterates:
-        mse_total = mse_total + ((controls - model.u_mid) / model.u_half
-                                 - target_norm).square().mean()
+    for i, controls in enumerate(iterates):
+        if i == 0:  # of the proposals, only the nearest is cloned (winner takes all)
+            errors = (out["proposals"] - model.u_mid) / model.u_half - target_norm[:, None]
+            mse_total = mse_total + errors.square().mean((2, 3)).amin(1).mean()
+        else:
+            mse_total = mse_total + ((controls - model.u_mid) / model.u_half
+                                     - target_norm).square().mean()
         if cost_weight > 0:
             cost = policy.problem.cost_torch(x0, target, controls)
             excess_total = excess_total + (cost - expert_cost).mean() / cost_scale

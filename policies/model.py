@@ -50,12 +50,18 @@ class TRCConfig:
     # each obstacle), where the problem has them (`ControlProblem.constraint_margins_torch`).
     # Off by default: the recipes' runs use none (docs/recipes.md, "Next steps").
     constraint_feedback: bool = False
+    # P initial plans: the one of lowest simulated cost is refined. Where the optimal plans
+    # switch between modes (above or below an obstacle), one regression averages them into a
+    # plan through the obstacle; P plans, each cloned only where it is the nearest to the
+    # expert's (winner takes all, `policies.bc.bc_loss`), keep one mode each.
+    n_proposals: int = 1
 
     def __post_init__(self) -> None:
         check_choice(self.reasoning, "TRCConfig.reasoning", ("mlp", "attention"))
         for key in ("latent_dim", "hidden_dim", "n_blocks", "n_heads", "n_inner", "n_cycles"):
             check_number(getattr(self, key), f"TRCConfig.{key}", minimum=1, integer=True)
         check_number(self.n_refine, "TRCConfig.n_refine", minimum=0, integer=True)
+        check_number(self.n_proposals, "TRCConfig.n_proposals", minimum=1, integer=True)
         for key in ("error_feedback", "cost_gradient", "constraint_feedback"):
             check_bool(getattr(self, key), f"TRCConfig.{key}")
         if self.reasoning == "attention" and self.latent_dim % self.n_heads:
@@ -128,7 +134,8 @@ class RecursiveReasoning(nn.Module):
 
 class TinyRecursiveControl(nn.Module):
     """The TRC planner for one problem. ``model(x0, target)`` returns ``{"controls": U [B, N, m],
-    "iterates": [U_0, ..., U_K]}``: the initial generator's plan and each refinement's."""
+    "iterates": [U_0, ..., U_K], "proposals": [B, P, N, m]}``: the initial generator's plan
+    (the lowest-cost of its ``P`` proposals), each refinement's, and the proposals."""
 
     def __init__(self, problem: ControlProblem, config: TRCConfig | None = None):
         super().__init__()
@@ -147,7 +154,7 @@ class TinyRecursiveControl(nn.Module):
         n_read = n + len(problem.angle_indices)  # a state as read: `periodic_features`
         self.state_encoder = mlp(3 * n_read, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
-        self.initial_generator = mlp(d, config.hidden_dim, N * m)
+        self.initial_generator = mlp(d, config.hidden_dim, config.n_proposals * N * m)
         margins = problem.constraint_margins_torch(torch.zeros(1, n)) \
             if config.constraint_feedback else None
         self.n_margins = 0 if margins is None else margins.shape[-1]
@@ -248,7 +255,17 @@ class TinyRecursiveControl(nn.Module):
         L = self.tokens
         x_emb = self.encode_state(x0, target)
         context = x_emb[:, None, :] + self.token_embedding  # [B, L, d]
-        pre = self.initial_generator(x_emb).view(B, N, m)
+        pre = self.initial_generator(x_emb).view(B, cfg.n_proposals, N, m)
+        proposals = self.squash(pre)
+        if cfg.n_proposals > 1:
+            with torch.no_grad():
+                cost = self.problem.cost_torch(
+                    x0.repeat_interleave(cfg.n_proposals, 0),
+                    target.repeat_interleave(cfg.n_proposals, 0),
+                    proposals.detach().flatten(0, 1)).view(B, cfg.n_proposals)
+            pre = pre[torch.arange(B, device=pre.device), cost.argmin(1)]
+        else:
+            pre = pre[:, 0]
         controls = self.squash(pre)
         iterates = [controls]
         y, z = context, self.z_init.expand(B, L, -1)
@@ -266,7 +283,7 @@ class TinyRecursiveControl(nn.Module):
             pre = pre + self.control_decoder(y).reshape(B, N, m)
             controls = self.squash(pre)
             iterates.append(controls)
-        return {"controls": controls, "iterates": iterates}
+        return {"controls": controls, "iterates": iterates, "proposals": proposals}
 
     # ------------------------------------------------------------------ sizes
     def parameter_counts(self) -> dict[str, int]:

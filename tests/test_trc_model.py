@@ -7,6 +7,7 @@ import torch
 import trc_gym
 from baselines import ZeroPolicy
 from policies import BCConfig, TinyRecursiveControl, TRCConfig, TRCPolicy, load_policy, train_bc
+from policies.bc import bc_loss
 from trc_gym import datasets
 from trc_gym.problem import LinearProblem
 
@@ -50,6 +51,57 @@ def test_shapes_and_bounds(make_problem, reasoning, cost_gradient):
     for controls in out["iterates"]:
         assert torch.all(controls >= torch.tensor(problem.u_low, dtype=torch.float32))
         assert torch.all(controls <= torch.tensor(problem.u_high, dtype=torch.float32))
+
+
+def test_the_first_plan_is_the_lowest_cost_proposal():
+    problem = ThreeStateProblem()
+    torch.manual_seed(0)
+    model = TinyRecursiveControl(problem, TRCConfig(latent_dim=32, hidden_dim=32, n_refine=1,
+                                                    n_proposals=3))
+    x0, target = torch.rand(16, 3) * 2 - 1, torch.zeros(16, 3)
+    out = model(x0, target)
+    proposals = out["proposals"]
+    assert proposals.shape == (16, 3, problem.horizon, problem.n_control)
+    costs = torch.stack([problem.cost_torch(x0, target, proposals[:, k]) for k in range(3)], 1)
+    assert len(set(costs.argmin(1).tolist())) > 1  # the choice depends on the start
+    chosen = proposals[torch.arange(16), costs.argmin(1)]
+    torch.testing.assert_close(out["iterates"][0], chosen)
+
+
+def test_winner_takes_all_cloning_keeps_both_modes_of_the_demonstrations():
+    """Each start is shown one of two opposite plans at random. One plan can only learn their
+    average; two proposals learn one mode each, so that from held-out starts both modes are
+    among them."""
+    problem = trc_gym.make_problem(DI)
+    rng = np.random.default_rng(0)
+
+    def starts(size):
+        return torch.as_tensor(rng.uniform(problem.state_low, problem.state_high, (size, 2)),
+                               dtype=torch.float32)
+
+    mode = torch.full((1, problem.horizon, 1), 0.5 * float(problem.u_high[0]))
+    x0, held_out = starts(256), starts(256)
+    sign = torch.as_tensor(rng.choice([-1.0, 1.0], 256), dtype=torch.float32)
+    expert = sign[:, None, None] * mode
+    farthest_mode = {}
+    for proposals in (1, 2):
+        torch.manual_seed(0)
+        policy = TRCPolicy.create(DI, n_refine=0, n_proposals=proposals)
+        optimizer = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
+        for _ in range(200):
+            loss, _ = bc_loss(policy, x0, torch.zeros_like(x0), expert, torch.zeros(256), 1.0,
+                              0.0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            plans = policy.model(held_out, torch.zeros_like(held_out))["proposals"]
+        u_half = float(problem.u_high[0])
+        distance = torch.stack([((plans - s * mode) / u_half).square().mean((2, 3)).amin(1)
+                                for s in (-1.0, 1.0)])  # [mode, start]: nearest proposal
+        farthest_mode[proposals] = float(distance.amax(0).mean())
+    assert farthest_mode[1] > 0.2  # the average of +-0.5 (normalised): 0.25 from each mode
+    assert farthest_mode[2] < 0.02
 
 
 @pytest.mark.parametrize("reasoning", ["mlp", "attention"])
