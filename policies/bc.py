@@ -102,14 +102,16 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
     iterates = out["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
     mse_total, excess_total = x0.new_zeros(()), x0.new_zeros(())
-    for i, controls in enumerate(iterates):
-        if i == 0:  # of the proposals, only the nearest is cloned (winner takes all)
-            errors = (out["proposals"] - model.u_mid) / model.u_half - target_norm[:, None]
-            mse_total = mse_total + errors.square().mean((2, 3)).amin(1).mean()
-        else:
+    if "chains" in out:  # several proposals: only the chain nearest the expert's is cloned
+        errors = sum(((plans - model.u_mid) / model.u_half - target_norm[:, None]).square()
+                     .mean((2, 3)) for plans in out["chains"])  # [B, P]
+        mse_total = errors.amin(1).mean()
+    else:
+        for controls in iterates:
             mse_total = mse_total + ((controls - model.u_mid) / model.u_half
                                      - target_norm).square().mean()
-        if cost_weight > 0:
+    if cost_weight > 0:
+        for controls in iterates:
             cost = policy.problem.cost_torch(x0, target, controls)
             excess_total = excess_total + (cost - expert_cost).mean() / cost_scale
     loss = (mse_total + cost_weight * excess_total) / len(iterates)

@@ -50,10 +50,11 @@ class TRCConfig:
     # each obstacle), where the problem has them (`ControlProblem.constraint_margins_torch`).
     # Off by default: the recipes' runs use none (docs/recipes.md, "Next steps").
     constraint_feedback: bool = False
-    # P initial plans: the one of lowest simulated cost is refined. Where the optimal plans
-    # switch between modes (above or below an obstacle), one regression averages them into a
-    # plan through the obstacle; P plans, each cloned only where it is the nearest to the
-    # expert's (winner takes all, `policies.bc.bc_loss`), keep one mode each.
+    # P initial plans, each refined; the final plan of lowest simulated cost is the answer.
+    # Where the optimal plans switch between modes (above or below an obstacle), one
+    # regression averages them into a plan through the obstacle; P chains, each cloned only
+    # where it is the nearest to the expert's (winner takes all, `policies.bc.bc_loss`), keep
+    # one mode each.
     n_proposals: int = 1
 
     def __post_init__(self) -> None:
@@ -134,8 +135,10 @@ class RecursiveReasoning(nn.Module):
 
 class TinyRecursiveControl(nn.Module):
     """The TRC planner for one problem. ``model(x0, target)`` returns ``{"controls": U [B, N, m],
-    "iterates": [U_0, ..., U_K], "proposals": [B, P, N, m]}``: the initial generator's plan
-    (the lowest-cost of its ``P`` proposals), each refinement's, and the proposals."""
+    "iterates": [U_0, ..., U_K]}``: the initial generator's plan and each refinement's. With
+    ``P = n_proposals > 1`` the initial generator writes P plans, each refined on its own, and
+    the iterates are those of the one whose final plan costs least; ``"chains"`` then holds
+    every proposal's iterates ``[B, P, N, m]``."""
 
     def __init__(self, problem: ControlProblem, config: TRCConfig | None = None):
         super().__init__()
@@ -252,38 +255,38 @@ class TinyRecursiveControl(nn.Module):
             raise ValueError(f"gradient must be 'shortcut' or 'exact', got {gradient!r}")
         n_refine = cfg.n_refine if n_refine is None else n_refine
         B, N, m = x0.shape[0], self.problem.horizon, self.problem.n_control
-        L = self.tokens
+        L, P = self.tokens, cfg.n_proposals
         x_emb = self.encode_state(x0, target)
-        context = x_emb[:, None, :] + self.token_embedding  # [B, L, d]
-        pre = self.initial_generator(x_emb).view(B, cfg.n_proposals, N, m)
-        proposals = self.squash(pre)
-        if cfg.n_proposals > 1:
-            with torch.no_grad():
-                cost = self.problem.cost_torch(
-                    x0.repeat_interleave(cfg.n_proposals, 0),
-                    target.repeat_interleave(cfg.n_proposals, 0),
-                    proposals.detach().flatten(0, 1)).view(B, cfg.n_proposals)
-            pre = pre[torch.arange(B, device=pre.device), cost.argmin(1)]
-        else:
-            pre = pre[:, 0]
+        # The P proposals of start b are rows b P .. b P + P - 1 of every chain.
+        pre = self.initial_generator(x_emb).view(B * P, N, m)
+        if P > 1:
+            x0, target, x_emb = (t.repeat_interleave(P, 0) for t in (x0, target, x_emb))
+        context = x_emb[:, None, :] + self.token_embedding  # [B P, L, d]
         controls = self.squash(pre)
-        iterates = [controls]
-        y, z = context, self.z_init.expand(B, L, -1)
+        chains = [controls]
+        y, z = context, self.z_init.expand(B * P, L, -1)
         for _ in range(n_refine):
             if not exact:
                 y, z, pre, controls = y.detach(), z.detach(), pre.detach(), controls.detach()
             feedback = self.error_features(target, self.simulate(x0, target, controls, gradient))
             if not cfg.error_feedback:
                 feedback = torch.zeros_like(feedback)
-            step_context = context + self.error_encoder(feedback.reshape(B, L, -1))
+            step_context = context + self.error_encoder(feedback.reshape(B * P, L, -1))
             with torch.set_grad_enabled(exact and torch.is_grad_enabled()):
                 for _ in range(cfg.n_cycles - 1):
                     y, z = self.reasoning.cycle(y, z, step_context)
             y, z = self.reasoning.cycle(y, z, step_context)
-            pre = pre + self.control_decoder(y).reshape(B, N, m)
+            pre = pre + self.control_decoder(y).reshape(B * P, N, m)
             controls = self.squash(pre)
-            iterates.append(controls)
-        return {"controls": controls, "iterates": iterates, "proposals": proposals}
+            chains.append(controls)
+        if P == 1:
+            return {"controls": controls, "iterates": chains}
+        with torch.no_grad():  # the refined plan of lowest cost wins
+            cost = self.problem.cost_torch(x0, target, controls.detach()).view(B, P)
+        chains = [plans.view(B, P, N, m) for plans in chains]
+        rows = torch.arange(B, device=cost.device)
+        iterates = [plans[rows, cost.argmin(1)] for plans in chains]
+        return {"controls": iterates[-1], "iterates": iterates, "chains": chains}
 
     # ------------------------------------------------------------------ sizes
     def parameter_counts(self) -> dict[str, int]:

@@ -53,19 +53,20 @@ def test_shapes_and_bounds(make_problem, reasoning, cost_gradient):
         assert torch.all(controls <= torch.tensor(problem.u_high, dtype=torch.float32))
 
 
-def test_the_first_plan_is_the_lowest_cost_proposal():
+def test_the_plan_is_the_lowest_cost_of_the_refined_proposals():
     problem = ThreeStateProblem()
     torch.manual_seed(0)
-    model = TinyRecursiveControl(problem, TRCConfig(latent_dim=32, hidden_dim=32, n_refine=1,
+    model = TinyRecursiveControl(problem, TRCConfig(latent_dim=32, hidden_dim=32, n_refine=2,
                                                     n_proposals=3))
     x0, target = torch.rand(16, 3) * 2 - 1, torch.zeros(16, 3)
     out = model(x0, target)
-    proposals = out["proposals"]
-    assert proposals.shape == (16, 3, problem.horizon, problem.n_control)
-    costs = torch.stack([problem.cost_torch(x0, target, proposals[:, k]) for k in range(3)], 1)
+    assert len(out["chains"]) == 3 and out["chains"][0].shape == (16, 3, 6, 2)
+    final = out["chains"][-1]
+    costs = torch.stack([problem.cost_torch(x0, target, final[:, k]) for k in range(3)], 1)
     assert len(set(costs.argmin(1).tolist())) > 1  # the choice depends on the start
-    chosen = proposals[torch.arange(16), costs.argmin(1)]
-    torch.testing.assert_close(out["iterates"][0], chosen)
+    for plans, chain in zip(out["iterates"], out["chains"]):
+        torch.testing.assert_close(plans, chain[torch.arange(16), costs.argmin(1)])
+    assert out["controls"] is out["iterates"][-1]
 
 
 def test_winner_takes_all_cloning_keeps_both_modes_of_the_demonstrations():
@@ -95,7 +96,8 @@ def test_winner_takes_all_cloning_keeps_both_modes_of_the_demonstrations():
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            plans = policy.model(held_out, torch.zeros_like(held_out))["proposals"]
+            out = policy.model(held_out, torch.zeros_like(held_out))
+        plans = out["chains"][-1] if proposals > 1 else out["controls"][:, None]  # [B, P, N, m]
         u_half = float(problem.u_high[0])
         distance = torch.stack([((plans - s * mode) / u_half).square().mean((2, 3)).amin(1)
                                 for s in (-1.0, 1.0)])  # [mode, start]: nearest proposal
