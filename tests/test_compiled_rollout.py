@@ -115,16 +115,17 @@ def test_gradients_equal_the_eager_backward_pass(pair):
         assert difference(f, e) < max(1e-5, 0.1 * difference(e, x))
 
 
-@pytest.mark.parametrize("env_id", [
-    "TRC-DoubleIntegrator-v0", "TRC-VanDerPol-v0",
-    *(pytest.param(env_id, marks=pytest.mark.slow) for env_id in trc_gym.ENV_IDS
+@pytest.mark.parametrize("env_id,proposals", [
+    ("TRC-DoubleIntegrator-v0", 1), ("TRC-DoubleIntegrator-v0", 3), ("TRC-VanDerPol-v0", 1),
+    *(pytest.param(env_id, 1, marks=pytest.mark.slow) for env_id in trc_gym.ENV_IDS
       if env_id not in ("TRC-DoubleIntegrator-v0", "TRC-VanDerPol-v0"))])
-def test_the_compiled_planner_plans_as_the_traced_one(env_id):
+def test_the_compiled_planner_plans_as_the_traced_one(env_id, proposals):
     """The whole planner compiled (weights as constants) gives the traced planner's batch-1
     plans to float32 rounding and the same successes; a weight change sets it aside."""
     torch.manual_seed(0)
-    traced = TRCPolicy.create(env_id, "small", n_refine=2)  # fewer refinements: a faster build
-    fast = TRCPolicy.create(env_id, "small", n_refine=2)
+    # Fewer refinements: a faster build.
+    traced, fast = (TRCPolicy.create(env_id, "small", n_refine=2, n_proposals=proposals)
+                    for _ in range(2))
     fast.model.load_state_dict(traced.model.state_dict())
     traced.compile(planner=False)
     assert fast.compile()
