@@ -67,7 +67,7 @@ class JobConfig:
     """Feed each simulated state's margin to every hard constraint back to the planner
     (TRCConfig.constraint_feedback)."""
     proposals: int = TRCConfig.n_proposals
-    """Initial plans the planner writes, of which it refines the lowest-cost one
+    """Initial plans the planner writes and refines, answering with the cheapest
     (TRCConfig.n_proposals)."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
