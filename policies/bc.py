@@ -106,12 +106,11 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
         errors = sum(((plans - model.u_mid) / model.u_half - target_norm[:, None]).square()
                      .mean((2, 3)) for plans in out["chains"])  # [B, P]
         mse_total = errors.amin(1).mean()
-    else:
-        for controls in iterates:
+    for controls in iterates:
+        if "chains" not in out:
             mse_total = mse_total + ((controls - model.u_mid) / model.u_half
                                      - target_norm).square().mean()
-    if cost_weight > 0:
-        for controls in iterates:
+        if cost_weight > 0:
             cost = policy.problem.cost_torch(x0, target, controls)
             excess_total = excess_total + (cost - expert_cost).mean() / cost_scale
     loss = (mse_total + cost_weight * excess_total) / len(iterates)
