@@ -102,12 +102,13 @@ def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: t
     iterates = out["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
     mse_total, excess_total = x0.new_zeros(()), x0.new_zeros(())
-    if "chains" in out:  # several proposals: only the chain nearest the expert's is cloned
+    chains = out.get("chains")
+    if chains is not None:  # several proposals: only the chain nearest the expert's is cloned
         errors = sum(((plans - model.u_mid) / model.u_half - target_norm[:, None]).square()
-                     .mean((2, 3)) for plans in out["chains"])  # [B, P]
+                     .mean((2, 3)) for plans in chains)  # [B, P]
         mse_total = errors.amin(1).mean()
     for controls in iterates:
-        if "chains" not in out:
+        if chains is None:
             mse_total = mse_total + ((controls - model.u_mid) / model.u_half
                                      - target_norm).square().mean()
         if cost_weight > 0:

@@ -323,8 +323,8 @@ def test_an_expert_with_a_margin_keeps_clear_of_the_obstacles_at_a_small_cost(ex
     problem = make_problem(env_id)
     x0, target, optimal = expert_cache(env_id)
     safe = trc_gym.make_expert(env_id).with_margin(0.1).plan(x0, target)
-    clearance = {name: problem.clearance_torch(torch.as_tensor(
-        problem.rollout(x0, U)[:, 1:, :2])).amin((1, 2)).numpy()
+    clearance = {name: problem.constraint_margins_torch(torch.as_tensor(
+        problem.rollout(x0, U)[:, 1:])).amin((1, 2)).numpy()
         for name, U in (("optimal", optimal), ("safe", safe))}
     assert clearance["optimal"].min() < 0.02  # the optimal plans graze an obstacle
     assert clearance["safe"].min() > 0.095
@@ -349,8 +349,7 @@ def test_generated_data_records_its_margin_and_keeps_it():
     data = datasets.generate("TRC-ObstacleNav-v0", 2, workers=1, margin=0.1, progress=False)
     assert data.metadata["margin"] == 0.1
     problem = make_problem("TRC-ObstacleNav-v0")
-    clearance = problem.clearance_torch(torch.as_tensor(data.states[:, 1:, :2]))
-    assert clearance.min() > 0.095
+    assert problem.constraint_margins_torch(torch.as_tensor(data.states[:, 1:])).min() > 0.095
 
 
 @pytest.mark.parametrize("env_id", HARD)
