@@ -1,6 +1,7 @@
 """Datasets round-trip and validate; the evaluation harness measures what it claims."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -166,6 +167,30 @@ def test_interleaved_latencies_time_every_start_of_each_policy_at_batch_one():
     # One warm-up each, then blocks in turn: a x10, b x10, a x10, b x10, a x5, b x5.
     names = "".join(name for name, _, _ in log)
     assert names == "ab" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5
+
+
+def test_latency_timing_stops_once_it_has_taken_its_seconds():
+    class Slow(ZeroPolicy):
+        def __init__(self, receding_horizon=False):
+            super().__init__(DI)
+            self.receding_horizon, self.batch1_plans = receding_horizon, 0
+
+        def plan(self, x0, target):
+            self.batch1_plans += len(x0) == 1
+            time.sleep(0.01 if len(x0) == 1 else 0.0)
+            return super().plan(x0, target)
+
+    planner = Slow()
+    metrics = trc_gym.evaluate(planner, DI, 30, latency_seconds=0.05)
+    assert metrics["ms_per_plan"] >= 10.0
+    assert planner.batch1_plans == 1 + 10  # the warm-up, then the one block that passed 0.05 s
+    assert trc_gym.evaluate(Slow(), DI, 30, latency_seconds=1.0)["ms_per_plan"] >= 10.0
+    stepped = Slow(receding_horizon=True)  # replans at every one of DI's 15 steps
+    metrics = trc_gym.evaluate(stepped, DI, 30, latency_samples=5, latency_seconds=0.0)
+    assert stepped.batch1_plans == 15  # one episode at least, then the budget is spent
+    assert metrics["ms_per_action"] >= 10.0
+    with pytest.raises(ValueError, match="latency_seconds"):
+        trc_gym.evaluate(planner, DI, 30, latency_seconds=-1.0)
 
 
 def test_trajectory_starts_lie_on_the_expert_trajectories_of_the_box_samples():

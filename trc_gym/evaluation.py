@@ -20,6 +20,7 @@ datasets default to seed 0, so the three sets are disjoint.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ def trajectory_metrics(problem: ControlProblem, target: np.ndarray,
 def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
              seed: int = HELD_OUT_SEED, *,
              env_kwargs: dict | None = None, path: EpisodePath = "auto",
-             latency_samples: int = 20) -> dict[str, float]:
+             latency_samples: int = 20, latency_seconds: float = 20.0) -> dict[str, float]:
     """Evaluate ``policy`` on ``n_episodes`` starts of ``env_id`` drawn with ``seed``.
 
     Returns the metrics of `trajectory_metrics`, the expert's mean cost on the same starts and
@@ -257,11 +258,14 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
     ``predict`` calls, stepping the first ``latency_samples`` episodes one at a time, and
     ``ms_per_action``, their mean), and ``step_dt``: the time a control step waits for the
     policy, as a fraction of the env's dt (a plan policy: its one plan, made before the first
-    step; a stepped policy: its mean ``predict`` call, which for MPC is one plan).
+    step; a stepped policy: its mean ``predict`` call, which for MPC is one plan). The timing
+    stops early once it has taken ``latency_seconds`` (after at least one episode or plan): a
+    slow expert's batch-1 episodes take seconds each, and their mean is as clear from a few.
     """
     check_number(n_episodes, "n_episodes", minimum=1, integer=True)
     check_number(seed, "seed", minimum=0, integer=True)
     check_number(latency_samples, "latency_samples", minimum=0, integer=True)
+    check_number(latency_seconds, "latency_seconds", minimum=0.0)
     problem = make_problem(env_id, **(env_kwargs or {}))
     check_policy(policy, env_id, env_kwargs)
     x0, target = held_out_starts(env_id, n_episodes, seed, env_kwargs)
@@ -271,16 +275,20 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
     if path == "step":
         episodes = step_episodes(policy, env_id, x0, target, env_kwargs)[0]
         if latency_samples > 0:
-            k = min(latency_samples, n_episodes)  # episodes one at a time, as one robot
-            seconds = step_episodes(policy, env_id, x0[:k], target[:k], env_kwargs, batch=1)[1]
-            latency["ms_per_plan"] = 1000.0 * seconds / k
+            timed, seconds, start = 0, 0.0, time.perf_counter()
+            while timed < min(latency_samples, n_episodes) and (
+                    timed == 0 or time.perf_counter() - start < latency_seconds):
+                one = slice(timed, timed + 1)  # one episode at a time, as one robot
+                seconds += step_episodes(policy, env_id, x0[one], target[one], env_kwargs)[1]
+                timed += 1
+            latency["ms_per_plan"] = 1000.0 * seconds / timed
             latency["ms_per_action"] = latency["ms_per_plan"] / problem.horizon
             latency["step_dt"] = latency["ms_per_action"] / (1000.0 * problem.dt)
     else:
         episodes = run_episodes(policy, env_id, x0, target, env_kwargs, path)
         if path == "plan" and latency_samples > 0:
             latency["ms_per_plan"] = plan_latency_ms(policy, x0[:latency_samples],
-                                                     target[:latency_samples])
+                                                     target[:latency_samples], latency_seconds)
             latency["step_dt"] = latency["ms_per_plan"] / (1000.0 * problem.dt)
     metrics = trajectory_metrics(problem, target, episodes)
     metrics["expert_cost"] = float(expert_costs(env_id, n_episodes, seed, env_kwargs).mean())
@@ -291,23 +299,28 @@ def evaluate(policy: Any, env_id: str, n_episodes: int = DEFAULT_EPISODES,
 
 
 # ----------------------------------------------------------------------------- latency
-def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray) -> float:
+def plan_latency_ms(policy: Any, x0: np.ndarray, target: np.ndarray,
+                    seconds: float = math.inf) -> float:
     """Median wall time of ``policy.plan`` on one start (batch 1), in ms, on one thread (a
-    planner serves one robot; threads only add overhead at batch 1), after one warm-up call."""
-    return plan_latencies_ms({"policy": policy}, x0, target)["policy"]
+    planner serves one robot; threads only add overhead at batch 1), after one warm-up call;
+    the starts of ``x0`` in turn, until the timed plans have taken ``seconds``."""
+    return plan_latencies_ms({"policy": policy}, x0, target, seconds=seconds)["policy"]
 
 
 def plan_latencies_ms(policies: dict[str, Any], x0: np.ndarray, target: np.ndarray,
-                      block: int = 10) -> dict[str, float]:
+                      block: int = 10, seconds: float = math.inf) -> dict[str, float]:
     """`plan_latency_ms` of several policies, timed in turn on blocks of ``block`` starts, so
     that a machine whose speed drifts (shared cores, throttling) slows them alike and their
     ratios hold (blocks rather than single starts keep each policy's caches warm, as one
-    policy's calls in a row are)."""
+    policy's calls in a row are). The timing stops at the end of the block during which the
+    timed plans pass ``seconds`` in all."""
     times: dict[str, list[float]] = {name: [] for name in policies}
     with one_thread():
         for policy in policies.values():
             policy.plan(x0[:1], target[:1])
         for first in range(0, len(x0), block):
+            if sum(map(sum, times.values())) >= seconds:
+                break
             for name, policy in policies.items():
                 for i in range(first, min(first + block, len(x0))):
                     start = time.perf_counter()
