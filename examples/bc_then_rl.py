@@ -69,6 +69,9 @@ class JobConfig:
     proposals: int = TRCConfig.n_proposals
     """Initial plans the planner writes and refines, answering with the cheapest
     (TRCConfig.n_proposals)."""
+    time_left: bool = TRCConfig.time_left
+    """The planner reads the steps left and plans for them, so that it replans for the
+    episode's fixed end (shrinking-horizon MPC; TRCConfig.time_left)."""
     seed: int = 0
     """Seed of every stage (data, cloning, fine-tuning, PPO); overrides theirs."""
     device: str = "auto"
@@ -203,7 +206,7 @@ def run(config: JobConfig, command: str = "") -> dict:
     start = time.perf_counter()
     policy = TRCPolicy.create(env_id, config.size, n_refine=config.refinement_steps,
                               constraint_feedback=config.constraint_feedback,
-                              n_proposals=config.proposals)
+                              n_proposals=config.proposals, time_left=config.time_left)
     if config.compile:
         policy.compile(planner=False)
     bc_history = train_bc(policy, data, bc_config, run_dir=out / "trc_bc.run",

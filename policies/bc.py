@@ -62,6 +62,11 @@ class BCConfig:
     """Share of the data held out to pick the best epoch by its gap."""
     patience: int = 40
     """Epochs without a better validation gap before stopping."""
+    tail_share: float = 0.5
+    """For a planner that reads the time left (TRCConfig.time_left): the share of each batch
+    whose demonstration is replaced by its rest from a random step k (1..N-1) of the expert's
+    trajectory, for the N - k steps left (optimal for them, as the tail of an optimal plan).
+    Drawn afresh every epoch; other planners ignore it."""
     validation: Literal["plan", "mpc"] = "plan"
     """What the validation gap judges: the planner's plans run open loop, or its episodes
     replanning from every state (MPC, on at most `MPC_VALIDATION_STARTS` starts), for an env
@@ -86,37 +91,63 @@ class BCConfig:
         check_number(self.ema_decay, "BCConfig.ema_decay", minimum=0, maximum=1)
         check_number(self.val_fraction, "BCConfig.val_fraction", minimum=0,
                      exclusive_minimum=True, maximum=0.9)
+        check_number(self.tail_share, "BCConfig.tail_share", minimum=0, maximum=1)
 
 
 def bc_loss(policy: TRCPolicy, x0: torch.Tensor, target: torch.Tensor, expert: torch.Tensor,
             expert_cost: torch.Tensor, cost_scale: float, cost_weight: float,
-            network: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+            network: torch.nn.Module | None = None,
+            steps_left: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Deep-supervision loss summed over iterates; returns it and per-term means (floats).
     The cost term is the batch's excess cost in units of ``cost_scale`` (the data's mean expert
     cost), like the gap it is judged by; a per-plan ratio ``J / J*`` would put most of its
     weight on the starts that are already at the target, where ``J*`` is near zero.
     ``network`` runs the model's forward (its `DistributedDataParallel` wrapper in a process
-    group; default: the model itself)."""
+    group; default: the model itself). With ``steps_left [B]`` (a planner that reads the time
+    left) the plans are for the last ``steps_left`` steps, and only those steps count."""
     model = policy.model
-    out = (network or model)(x0, target)
+    out = (network or model)(x0, target, steps_left=steps_left)
     iterates = out["iterates"]
     target_norm = (expert - model.u_mid) / model.u_half
     mse_total, excess_total = x0.new_zeros(()), x0.new_zeros(())
     chains = out.get("chains")
+    counted = None if steps_left is None else policy.problem.counted_steps(steps_left, expert)
+
+    def mse(plans: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Mean squared error in normalised units over ``dims`` (default: all), the steps
+        that count only."""
+        error = ((plans - model.u_mid) / model.u_half - target_norm).square()
+        if counted is None:
+            return error.mean() if dims is None else error.mean(dims)
+        weight = counted.view(counted.shape[0], *[1] * (error.ndim - 3), -1, 1)
+        return (error * weight).sum(dims) / (weight.sum(dims) * error.shape[-1])
+
     if chains is not None:  # several proposals: only the chain nearest the expert's is cloned
-        errors = sum(((plans - model.u_mid) / model.u_half - target_norm[:, None]).square()
-                     .mean((2, 3)) for plans in chains)  # [B, P]
+        target_norm = target_norm[:, None]
+        errors = sum(mse(plans, (2, 3)) for plans in chains)  # [B, P]
         mse_total = errors.amin(1).mean()
     for controls in iterates:
         if chains is None:
-            mse_total = mse_total + ((controls - model.u_mid) / model.u_half
-                                     - target_norm).square().mean()
+            mse_total = mse_total + mse(controls)
         if cost_weight > 0:
-            cost = policy.problem.cost_torch(x0, target, controls)
+            cost = policy.problem.cost_torch(x0, target, controls, steps_left)
             excess_total = excess_total + (cost - expert_cost).mean() / cost_scale
     loss = (mse_total + cost_weight * excess_total) / len(iterates)
     return loss, {"mse": float(mse_total.detach()) / len(iterates),
                   "excess": float(excess_total.detach()) / len(iterates)}
+
+
+def plan_tails(states: torch.Tensor, plans: torch.Tensor,
+               steps_taken: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rest of each plan ``[B, N, m]`` after ``steps_taken [B]`` (0..N-1) of its
+    trajectory ``states [B, N+1, n]``: the state reached ``[B, n]``, the remaining controls
+    moved to the front ``[B, N, m]`` (padded with the plan's last control) and the steps left
+    ``N - steps_taken``."""
+    N, m = plans.shape[1], plans.shape[2]
+    reached = states.gather(1, steps_taken[:, None, None].expand(-1, 1, states.shape[2]))
+    index = torch.clamp(torch.arange(N, device=plans.device) + steps_taken[:, None], max=N - 1)
+    rest = plans.gather(1, index[..., None].expand(-1, -1, m))
+    return reached[:, 0], rest, N - steps_taken
 
 
 def validation_gap(policy: TRCPolicy, data: Demonstrations, mode: str = "plan") -> float:
@@ -156,6 +187,10 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
     tensors = [torch.as_tensor(a, dtype=torch.float32, device=device) for a in
                (train.initial_states, train.target_states, train.controls, train.costs)]
     cost_scale = float(train.costs.mean())
+    problem, tails = policy.problem, policy.plans_time_left and config.tail_share > 0
+    if tails:  # the expert's trajectories, to start the tails of its plans from
+        trajectories = torch.as_tensor(problem.rollout(train.initial_states, train.controls),
+                                       dtype=torch.float32, device=device)
     model = policy.model.train()
     network = distributed.data_parallel(model, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
@@ -193,13 +228,26 @@ def train_bc(policy: TRCPolicy, data: Demonstrations, config: BCConfig | None = 
         start = time.perf_counter()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
             config.seed * 100_003 + epoch)).to(device)  # drawn on the CPU: the same anywhere
+        if tails:  # per demonstration: the steps of its plan this epoch skips (0: none)
+            draw = torch.Generator().manual_seed(config.seed * 100_019 + epoch)
+            skip = torch.rand(len(train), generator=draw) < config.tail_share
+            steps_taken = (torch.randint(1, problem.horizon, (len(train),), generator=draw)
+                           * skip).to(device)
         sums = {"loss": 0.0, "mse": 0.0, "excess": 0.0}
         model.train()
         for b in range(batches):
             index, weight = distributed.rank_slice(
                 order[b * config.batch_size:(b + 1) * config.batch_size])
-            loss, terms = bc_loss(policy, *(t[index] for t in tensors), cost_scale,
-                                  config.cost_weight, network)
+            x0, target, plans, costs = (t[index] for t in tensors)
+            steps_left = None
+            if tails:
+                x0, plans, steps_left = plan_tails(trajectories[index], plans,
+                                                   steps_taken[index])
+                if config.cost_weight > 0:
+                    with torch.no_grad():
+                        costs = problem.cost_torch(x0, target, plans, steps_left)
+            loss, terms = bc_loss(policy, x0, target, plans, costs, cost_scale,
+                                  config.cost_weight, network, steps_left)
             optimizer.zero_grad(set_to_none=True)
             (weight * loss).backward()  # in a process group: the whole batch's mean gradient
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

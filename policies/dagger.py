@@ -82,6 +82,10 @@ def dagger(policy: TRCPolicy, data: Demonstrations, config: DAggerConfig,
     round (failed episodes, labels, the cloning history)."""
     env_id, env_kwargs = policy.env_id, policy.env_kwargs
     problem = policy.problem
+    if policy.plans_time_left and config.rounds:
+        raise ValueError("DAgger labels states with the expert's full-horizon plans; a planner "
+                         "that reads the time left (TRCConfig.time_left) needs plans for the "
+                         "steps left")
     # Labelled as the demonstrations were: with their clearance from hard constraints.
     expert = make_expert(env_id, **env_kwargs).with_margin(data.metadata.get("margin", 0.0))
     replanning = TRCPolicy(policy.model, env_id, env_kwargs, receding_horizon=True)

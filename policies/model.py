@@ -57,6 +57,13 @@ class TRCConfig:
     # where it is the nearest to the expert's (winner takes all, `policies.bc.bc_loss`), keep
     # one mode each.
     n_proposals: int = 1
+    # The planner also reads the steps left in the episode and plans for them (its first
+    # steps_left controls; the rest are unused): replanning on a problem whose episode ends at
+    # a fixed time (landing at step N) plans to arrive at step N, not N steps after the state
+    # it replans from (shrinking-horizon MPC, `TRCPolicy` with ``receding_horizon``). Cloned
+    # on the tails of the expert's plans, which are optimal for the steps that remain
+    # (`policies.bc.BCConfig.tail_share`).
+    time_left: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.reasoning, "TRCConfig.reasoning", ("mlp", "attention"))
@@ -64,7 +71,7 @@ class TRCConfig:
             check_number(getattr(self, key), f"TRCConfig.{key}", minimum=1, integer=True)
         check_number(self.n_refine, "TRCConfig.n_refine", minimum=0, integer=True)
         check_number(self.n_proposals, "TRCConfig.n_proposals", minimum=1, integer=True)
-        for key in ("error_feedback", "cost_gradient", "constraint_feedback"):
+        for key in ("error_feedback", "cost_gradient", "constraint_feedback", "time_left"):
             check_bool(getattr(self, key), f"TRCConfig.{key}")
         if self.reasoning == "attention" and self.latent_dim % self.n_heads:
             raise ValueError(f"TRCConfig.latent_dim ({self.latent_dim}) must be divisible by "
@@ -156,7 +163,7 @@ class TinyRecursiveControl(nn.Module):
         self.tokens = N if config.reasoning == "attention" else 1  # L
         steps_per_token = N // self.tokens
         n_read = n + len(problem.angle_indices)  # a state as read: `periodic_features`
-        self.state_encoder = mlp(3 * n_read, config.hidden_dim, d)
+        self.state_encoder = mlp(3 * n_read + config.time_left, config.hidden_dim, d)
         self.token_embedding = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.initial_generator = mlp(d, config.hidden_dim, config.n_proposals * N * m)
         margins = problem.constraint_margins_torch(torch.zeros(1, n)) \
@@ -176,10 +183,15 @@ class TinyRecursiveControl(nn.Module):
         5% and clamped so that the bound itself (where optimal plans often sit) is reachable."""
         return self.u_mid + self.u_half * torch.clamp(1.05 * torch.tanh(pre), -1.0, 1.0)
 
-    def encode_state(self, x0: Tensor, target: Tensor) -> Tensor:
-        """The start, the target and the error between them, as `read`."""
+    def encode_state(self, x0: Tensor, target: Tensor,
+                     steps_left: Tensor | None = None) -> Tensor:
+        """The start, the target and the error between them, as `read`, and (``time_left``)
+        the share of the horizon left, ``steps_left [B] / N``."""
         error = self.problem.state_error(x0, target)
-        return self.state_encoder(torch.cat([self.read(x) for x in (x0, target, error)], -1))
+        read = [self.read(x) for x in (x0, target, error)]
+        if steps_left is not None:
+            read.append((steps_left / self.problem.horizon).to(x0.dtype)[:, None])
+        return self.state_encoder(torch.cat(read, -1))
 
     def read(self, x: Tensor) -> Tensor:
         """A state or state error as the networks read it: scaled by the state box, angles as
@@ -188,30 +200,43 @@ class TinyRecursiveControl(nn.Module):
         return self.problem.periodic_features(x, self.state_scale)
 
     def simulate(self, x0: Tensor, target: Tensor, controls: Tensor,
-                 gradient: GradientMode) -> dict[str, Tensor]:
+                 gradient: GradientMode, steps_left: Tensor | None = None) -> dict[str, Tensor]:
         """Roll ``controls [B, N, m]`` out through the problem: ``states [B, N+1, n]``, the cost
         terms of `ControlProblem.cost_terms_torch`, the ``total`` cost ``[B]``, the ``plan``
         simulated and (``cost_gradient``) ``dJ/du [B, N, m]`` by backpropagation. With the
         ``"shortcut"`` gradient the outcome is an observation of the plan (no gradient flows
-        back through it); with ``"exact"`` it is differentiable in the plan and the start."""
+        back through it); with ``"exact"`` it is differentiable in the plan and the start.
+        With ``steps_left [B]`` the plans are for the time left: the states are held after
+        ``steps_left`` steps (`ControlProblem.hold_after`), the later stages cost nothing, and
+        ``counted [B, N]`` marks the steps that remain."""
         exact = gradient == "exact"
         plan = controls if exact else controls.detach()
         start = x0 if exact else x0.detach()
         if not self.config.cost_gradient:
-            states = self.problem.rollout_torch(start, plan)
-            terms = self.problem.cost_terms_torch(states, target, plan)
-            total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
-            return {"plan": plan, "states": states, "total": total, **terms}
+            return self._outcome(start, target, plan, steps_left)
         if not plan.requires_grad:  # dJ/du is taken even where nothing else is differentiated
             plan = plan.detach().requires_grad_()
         with torch.enable_grad():
-            states = self.problem.rollout_torch(start, plan)
-            terms = self.problem.cost_terms_torch(states, target, plan)
-            total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
-            cost_gradient = torch.autograd.grad(total.sum(), plan, create_graph=exact)[0]
-        out = {"plan": plan, "states": states, "total": total, "cost_gradient": cost_gradient,
-               **terms}
+            outcome = self._outcome(start, target, plan, steps_left)
+            cost_gradient = torch.autograd.grad(outcome["total"].sum(), plan,
+                                                create_graph=exact)[0]
+        out = {**outcome, "cost_gradient": cost_gradient}
         return out if exact else {k: v.detach() for k, v in out.items()}
+
+    def _outcome(self, x0: Tensor, target: Tensor, plan: Tensor,
+                 steps_left: Tensor | None) -> dict[str, Tensor]:
+        problem = self.problem
+        states = problem.rollout_torch(x0, plan)
+        if steps_left is None:
+            terms = problem.cost_terms_torch(states, target, plan)
+            total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+            return {"plan": plan, "states": states, "total": total, **terms}
+        states = problem.hold_after(states, steps_left)
+        counted = problem.counted_steps(steps_left, plan)
+        terms = problem.cost_terms_torch(states, target, plan)
+        terms["state"], terms["control"] = terms["state"] * counted, terms["control"] * counted
+        total = terms["state"].sum(1) + terms["control"].sum(1) + terms["terminal"]
+        return {"plan": plan, "states": states, "total": total, "counted": counted, **terms}
 
     def error_features(self, target: Tensor, outcome: dict[str, Tensor]) -> Tensor:
         """The outcome of `simulate` per time step ``[B, N, F]``: tracking error after the
@@ -236,13 +261,19 @@ class TinyRecursiveControl(nn.Module):
         if self.n_margins:  # capped: a boundary more than 1 unit away reads as far
             margins = self.problem.constraint_margins_torch(outcome["states"][:, 1:])
             features.append(torch.clamp(margins, max=1.0))
-        return torch.cat(features, dim=-1)
+        features = torch.cat(features, dim=-1)
+        if "counted" in outcome:  # the steps after the episode's end read as nothing
+            features = features * outcome["counted"][..., None]
+        return features
 
     # ------------------------------------------------------------------ forward
     def forward(self, x0: Tensor, target: Tensor, n_refine: int | None = None,
-                gradient: GradientMode = "shortcut") -> dict[str, Tensor | list[Tensor]]:
-        """Plan from ``x0 [B, n]`` to ``target [B, n]``. ``gradient`` is how training
-        differentiates the plans (the plans themselves are the same either way):
+                gradient: GradientMode = "shortcut",
+                steps_left: Tensor | None = None) -> dict[str, Tensor | list[Tensor]]:
+        """Plan from ``x0 [B, n]`` to ``target [B, n]``; a planner with ``time_left`` plans
+        for the last ``steps_left [B]`` (int, 1..N; default N) steps of the episode.
+        ``gradient`` is how training differentiates the plans (the plans themselves are the
+        same either way):
 
         - ``"shortcut"`` (behaviour cloning): TRM's deep supervision: the carry is detached
           between refinement steps, so each step learns from its own loss; gradients flow
@@ -257,11 +288,18 @@ class TinyRecursiveControl(nn.Module):
         n_refine = cfg.n_refine if n_refine is None else n_refine
         B, N, m = x0.shape[0], self.problem.horizon, self.problem.n_control
         L, P = self.tokens, cfg.n_proposals
-        x_emb = self.encode_state(x0, target)
+        if cfg.time_left:
+            steps_left = torch.full((B,), N, device=x0.device) if steps_left is None \
+                else steps_left.to(x0.device, torch.int64)
+        elif steps_left is not None:
+            raise ValueError("steps_left given to a planner without time_left")
+        x_emb = self.encode_state(x0, target, steps_left)
         # The P proposals of start b are rows b P .. b P + P - 1 of every chain.
         pre = self.initial_generator(x_emb).view(B * P, N, m)
         if P > 1:
             x0, target, x_emb = (t.repeat_interleave(P, 0) for t in (x0, target, x_emb))
+            if steps_left is not None:
+                steps_left = steps_left.repeat_interleave(P, 0)
         context = x_emb[:, None, :] + self.token_embedding  # [B P, L, d]
         controls = self.squash(pre)
         chains = [controls]
@@ -269,7 +307,8 @@ class TinyRecursiveControl(nn.Module):
         for _ in range(n_refine):
             if not exact:
                 y, z, pre, controls = y.detach(), z.detach(), pre.detach(), controls.detach()
-            feedback = self.error_features(target, self.simulate(x0, target, controls, gradient))
+            feedback = self.error_features(
+                target, self.simulate(x0, target, controls, gradient, steps_left))
             if not cfg.error_feedback:
                 feedback = torch.zeros_like(feedback)
             step_context = context + self.error_encoder(feedback.reshape(B * P, L, -1))
@@ -283,7 +322,8 @@ class TinyRecursiveControl(nn.Module):
         if P == 1:
             return {"controls": controls, "iterates": chains}
         with torch.no_grad():  # the refined plan of lowest cost wins
-            cost = self.problem.cost_torch(x0, target, controls.detach()).view(B, P)
+            cost = self.problem.cost_torch(x0, target, controls.detach(),
+                                           steps_left).view(B, P)
         chains = [plans.view(B, P, N, m) for plans in chains]
         rows = torch.arange(B, device=cost.device)
         iterates = [plans[rows, cost.argmin(1)] for plans in chains]

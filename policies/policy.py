@@ -32,7 +32,7 @@ from trc_gym.devices import resolve_device
 from trc_gym.envs import make_problem
 from trc_gym.evaluation import feedback_path, run_episodes
 from trc_gym.planning_policy import PlanningPolicy
-from trc_gym.problem import LinearProblem
+from trc_gym.problem import LinearProblem, check_array
 
 FORMAT = "trc-policy-v1"
 
@@ -83,16 +83,15 @@ class TRCPolicy(PlanningPolicy):
         differ by more between batch sizes; tests check the larger of the two). It serves
         until a weight changes (then the traced graph does, until the next `compile`).
         Returns False, with a warning, where compiling fails."""
-        n = self.problem.n_state
-        x0, target = torch.zeros(1, n), torch.zeros(1, n)
-        trace = self._current_trace(x0, target)
+        inputs = self._example_inputs()
+        trace = self._current_trace(*inputs)
         path = cache_dir() / f"TRCPlanner-{self._planner_key()}.pt2"
         try:
             if not path.exists():
                 # A private copy: tracing must not leave fake tensors in the problem's cache.
                 shadow = copy.deepcopy(self.model)
                 shadow.problem._torch_constants = {}
-                compile_package(_Iterates(shadow).eval(), (x0, target), path)
+                compile_package(_Iterates(shadow).eval(), inputs, path)
             trace["compiled"] = load_package(path)
         except Exception as exc:  # no compiler, an export limit: the traced graph serves
             warnings.warn(f"compiled planner unavailable ({type(exc).__name__}: {exc}); "
@@ -116,6 +115,17 @@ class TRCPolicy(PlanningPolicy):
                       f"{torch.__version__}".encode())
         return digest.hexdigest()[:16]
 
+    def _example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """A batch-1 input of the planner's graph: ``(x0, target)``, and ``steps_left`` for a
+        planner that reads the time left."""
+        n = self.problem.n_state
+        steps = (torch.full((1,), self.problem.horizon),) if self.plans_time_left else ()
+        return (torch.zeros(1, n), torch.zeros(1, n), *steps)
+
+    @property
+    def plans_time_left(self) -> bool:
+        return self.model.config.time_left
+
     @property
     def device(self) -> torch.device:
         """Where the planner's weights live and its plans are computed."""
@@ -134,9 +144,13 @@ class TRCPolicy(PlanningPolicy):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def plan(self, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``."""
-        plans = self._iterates(x0, target)[-1].double().cpu().numpy()
+    def plan(self, x0: np.ndarray, target: np.ndarray,
+             time_left: np.ndarray | None = None) -> np.ndarray:
+        """Plans ``U [B, N, m]`` (float64, inside the bound) from ``x0, target [B, n]``; with
+        ``time_left [B]`` (the observation's share of the horizon left; a planner with
+        `plans_time_left` only) each plan is for the steps left, its first
+        ``round(time_left N)`` controls."""
+        plans = self._iterates(x0, target, time_left)[-1].double().cpu().numpy()
         bad = ~np.isfinite(plans).all(axis=(1, 2))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -161,27 +175,41 @@ class TRCPolicy(PlanningPolicy):
         plan (what `plan` returns) last."""
         return [u.double().cpu().numpy() for u in self._iterates(x0, target)]
 
-    def _iterates(self, x0: np.ndarray, target: np.ndarray) -> list[torch.Tensor]:
-        device = self.device
+    def _iterates(self, x0: np.ndarray, target: np.ndarray,
+                  time_left: np.ndarray | None = None) -> list[torch.Tensor]:
+        device, N = self.device, self.problem.horizon
         x0 = torch.as_tensor(self.problem.check_states(x0, "x0"), dtype=torch.float32,
                              device=device)
         target = torch.as_tensor(self.problem.check_states(target, "target", batch=len(x0)),
                                  dtype=torch.float32, device=device)
+        inputs = (x0, target)
+        if time_left is not None:
+            if not self.plans_time_left:
+                raise ValueError("time_left: this planner does not read the time left "
+                                 "(TRCConfig.time_left is off)")
+            time_left = check_array(time_left, "time_left", (len(x0),))
+            if not np.all((time_left > 0) & (time_left <= 1 + 1e-6)):
+                raise ValueError(f"time_left must lie in (0, 1], got {time_left.tolist()}")
+            steps = np.clip(np.rint(time_left * N), 1, N).astype(np.int64)
+            inputs = (x0, target, torch.as_tensor(steps, device=device))
+        elif self.plans_time_left:
+            inputs = (x0, target, torch.full((len(x0),), N, device=device))
         if len(x0) == 0:
-            empty = torch.zeros(0, self.problem.horizon, self.problem.n_control)
+            empty = torch.zeros(0, N, self.problem.n_control)
             return [empty] * (self.model.config.n_refine + 1)
         if self.model.training:  # eval() walks every submodule: a cost at batch 1
             self.model.eval()
         if self.model.config.cost_gradient:  # differentiates its own simulation inside
             with torch.no_grad():
-                return self.model(x0, target)["iterates"]
+                return self.model(x0, target, steps_left=inputs[2] if len(inputs) > 2
+                                  else None)["iterates"]
         with torch.inference_mode():  # no_grad without autograd's bookkeeping
-            trace = self._current_trace(x0, target)
+            trace = self._current_trace(*inputs)
             if len(x0) == 1 and "compiled" in trace:
-                return trace["compiled"]([x0, target])
-            return list(trace["frozen"](x0, target))
+                return trace["compiled"](list(inputs))
+            return list(trace["frozen"](*inputs))
 
-    def _current_trace(self, x0: torch.Tensor, target: torch.Tensor) -> dict:
+    def _current_trace(self, *inputs: torch.Tensor) -> dict:
         """The eval model as a frozen TorchScript graph, ``["frozen"]`` (`torch.jit.trace`,
         then `torch.jit.freeze`, which makes the weights constants): the same operations and
         kernels, so the same plans bit for bit (tests check it), without the Python and
@@ -202,7 +230,7 @@ class TRCPolicy(PlanningPolicy):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the deprecation and tracer notices
-                    traced = torch.jit.trace(_Iterates(self.model).eval(), (x0, target),
+                    traced = torch.jit.trace(_Iterates(self.model).eval(), inputs,
                                              check_trace=False)
             except (AttributeError, RuntimeError):
                 traced = None
@@ -232,14 +260,17 @@ class TRCPolicy(PlanningPolicy):
 
 
 class _Iterates(torch.nn.Module):
-    """``model(x0, target)["iterates"]`` as a tuple, the output form a trace records."""
+    """``model(x0, target[, steps_left])["iterates"]`` as a tuple, the output form a trace
+    records."""
 
     def __init__(self, model: TinyRecursiveControl):
         super().__init__()
         self.model = model
 
-    def forward(self, x0: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(x0, target)["iterates"])
+    def forward(self, x0: torch.Tensor, target: torch.Tensor,
+                *steps_left: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x0, target, steps_left=steps_left[0] if steps_left
+                                else None)["iterates"])
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -6,7 +6,8 @@ made when the observation says the episode starts (time left is 1): open loop, o
 `plan_and_gains` returns feedback gains, tracked with them (``u_k + K_k (x_k - xbar_k)``,
 clipped into the bound, on the planned states ``xbar``). With ``receding_horizon=True`` it
 replans from the current state at every step and applies the first control (model-predictive
-control with the full horizon).
+control): with the full horizon, or, for a planner that reads the time left (`plans_time_left`),
+for the steps left in the episode (shrinking-horizon MPC).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class PlanningPolicy:
         self._plan_start: np.ndarray | None = None  # [B] step index each plan was made at
         self._gains: np.ndarray | None = None  # [B, N, m, n] their feedback gains, if any
         self._planned_states: np.ndarray | None = None  # [B, N+1, n] their trajectories
+
+    @property
+    def plans_time_left(self) -> bool:
+        """Whether ``plan`` takes ``time_left [B]`` (the observation's share of the horizon
+        left) and plans for the steps left only (its first ``round(time_left N)`` controls)."""
+        return False
 
     @property
     def feedback(self) -> bool:
@@ -59,7 +66,9 @@ class PlanningPolicy:
         x, target, time_left = observation_parts(obs, p.n_state)
         step = np.clip(np.rint((1.0 - time_left) * p.horizon).astype(int), 0, p.horizon - 1)
         if self.receding_horizon:
-            actions = self.plan(x, target)[:, 0]
+            plans = (self.plan(x, target, time_left=time_left) if self.plans_time_left
+                     else self.plan(x, target))
+            actions = plans[:, 0]
         else:
             replan = step == 0
             if self._plans is None or len(self._plans) != len(obs):

@@ -178,12 +178,16 @@ class ControlProblem:
             states.append(nxt)
         return torch.stack(states, dim=1)
 
-    def failed_by_torch(self, states: Tensor) -> Tensor | None:
+    def failed_by_torch(self, states: Tensor, first_step: Tensor | None = None) -> Tensor | None:
         """``dead [B, N+1]``: whether each trajectory has failed at or before each state
-        (``dead[:, 0]`` is False: the start never counts); ``None`` without failure states."""
+        (``dead[:, 0]`` is False: the start never counts); ``None`` without failure states.
+        ``first_step [B]``: the episode's step at each trajectory's first state (default 0),
+        for trajectories that start mid-episode."""
         if not self.has_failure_states:
             return None
         steps = torch.arange(1, states.shape[1], device=states.device)
+        if first_step is not None:
+            steps = steps + first_step[:, None]
         flags = self.failure_torch(states[:, 1:], steps)  # every state at once: [B, N]
         dead = torch.cumsum(flags.to(torch.int64), dim=1) > 0
         return torch.cat([torch.zeros_like(dead[:, :1]), dead], dim=1)
@@ -201,11 +205,24 @@ class ControlProblem:
             "terminal": quadratic_form(err[:, -1], c["Qf"]),
         }
 
-    def cost_torch(self, x0: Tensor, target: Tensor, U: Tensor) -> Tensor:
+    def cost_torch(self, x0: Tensor, target: Tensor, U: Tensor,
+                   steps_left: Tensor | None = None) -> Tensor:
         """Total cost ``J [B]`` of plans ``U [B, N, m]`` (differentiable). On problems with
         failure states, as in the env: the stages after a failure cost nothing, the terminal
-        cost is taken at the failing state and ``failure_penalty`` is added."""
+        cost is taken at the failing state and ``failure_penalty`` is added. ``steps_left
+        [B]`` (1..N): each plan is for the last ``steps_left`` steps of an episode, from
+        ``x0`` at step ``N - steps_left``; only its first ``steps_left`` controls count, and
+        the terminal cost is taken after them (`hold_after`)."""
         states = self.rollout_torch(x0, U)
+        if steps_left is not None:
+            states = self.hold_after(states, steps_left)
+            terms = self.cost_terms_torch(states, target, U)
+            stages = (terms["state"] + terms["control"]) * self.counted_steps(steps_left, U)
+            dead = self.failed_by_torch(states, self.horizon - steps_left)
+            if dead is None:
+                return stages.sum(1) + terms["terminal"]
+            return ((stages * (~dead[:, :-1]).to(states.dtype)).sum(1) + terms["terminal"]
+                    + self.failure_penalty * dead[:, -1].to(states.dtype))
         terms = self.cost_terms_torch(states, target, U)
         dead = self.failed_by_torch(states)
         if dead is None:
@@ -213,6 +230,21 @@ class ControlProblem:
         alive = (~dead[:, :-1]).to(states.dtype)
         return (((terms["state"] + terms["control"]) * alive).sum(1) + terms["terminal"]
                 + self.failure_penalty * dead[:, -1].to(states.dtype))
+
+    @staticmethod
+    def hold_after(states: Tensor, steps_left: Tensor) -> Tensor:
+        """``states [B, N+1, n]``, each trajectory held at its state after ``steps_left [B]``
+        steps from then on: a plan for the time left in an episode ends there."""
+        steps = torch.arange(states.shape[1], device=states.device)
+        final = states.gather(1, steps_left[:, None, None].expand(-1, 1, states.shape[2]))
+        return torch.where((steps <= steps_left[:, None])[..., None], states, final)
+
+    @staticmethod
+    def counted_steps(steps_left: Tensor, like: Tensor) -> Tensor:
+        """``[B, N]`` (``like``'s dtype): 1 for each of a plan's first ``steps_left [B]``
+        steps (those that remain in the episode), 0 after them."""
+        steps = torch.arange(like.shape[1], device=like.device)
+        return (steps < steps_left[:, None]).to(like.dtype)
 
     def jacobians(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Jacobians of `discrete_step` (no clipping) at ``x [B, n], u [B, m]``:
